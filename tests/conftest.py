@@ -1,0 +1,21 @@
+"""Shared fixtures: models are loaded once per session (tiny ones in a second, SmolLM2 in about one)."""
+from __future__ import annotations
+
+import pytest
+
+from splitlab.llm import SplitModel
+
+
+@pytest.fixture(scope="session", params=["tiny-llama", "tiny-gpt2"])
+def tiny_model(request) -> SplitModel:
+    return SplitModel.load(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> SplitModel:
+    return SplitModel.load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> SplitModel:
+    return SplitModel.load("smollm2")
