@@ -40,8 +40,9 @@ def test_perplexity_is_split_invariant_and_corruption_hurts(tiny_llama: SplitMod
 
 def test_grid_reuses_prefix_and_matches_direct(tiny_llama: SplitModel):
     windows = token_windows(tiny_llama.tokenizer, "wiki", 256, 64)
-    zero_half = lambda k: (lambda h: h * 0.5)  # noqa: E731 - deterministic corruption
-    grid = perplexity_grid(tiny_llama, windows, [0, 2, 4], {"clean": lambda k: None, "half": zero_half})
+    half = lambda h: h * 0.5  # noqa: E731 - a deterministic corruption
+    points = {(k, name): (k, fn) for k in (0, 2, 4) for name, fn in (("clean", None), ("half", half))}
+    grid = perplexity_grid(tiny_llama, windows, points)
     for k in (0, 2, 4):
         assert grid[k, "clean"] == pytest.approx(perplexity(tiny_llama, windows, k), rel=1e-5)
         assert grid[k, "half"] == pytest.approx(perplexity(tiny_llama, windows, k, lambda h: h * 0.5), rel=1e-5)

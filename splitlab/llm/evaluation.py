@@ -6,7 +6,7 @@ activation. ``perplexity_grid`` reuses one pass's per-layer hidden states for ev
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -33,26 +33,21 @@ def perplexity(model: SplitModel, windows: torch.Tensor, k: int, corrupt: Corrup
 
 
 @torch.no_grad()
-def perplexity_grid(model: SplitModel, windows: torch.Tensor, ks: Iterable[int],
-                    corruptions: dict[str, Callable[[int], Corruption | None]], batch_size: int = 8,
-                    on_point: Callable[[], None] | None = None) -> dict[tuple[int, str], float]:
-    """Perplexity for every (k, corruption name) from one clean pass per batch.
+def perplexity_grid(model: SplitModel, windows: torch.Tensor, points: dict[Hashable, tuple[int, Corruption | None]],
+                    batch_size: int = 8, on_point: Callable[[], None] | None = None) -> dict[Hashable, float]:
+    """Perplexity at many points ``key -> (k, corruption)`` from one clean pass per batch.
 
-    ``corruptions`` maps a name to a factory ``k -> corruption`` (so a channel can be seeded per point).
-    Only tails are rerun per point: the head's work is shared through ``layer_states``.
+    Only tails are rerun per point: the head's work is shared through ``layer_states``. Each
+    corruption is called once per batch, so a seeded channel draws fresh noise for every batch.
     """
-    ks = list(ks)
-    sums = {(k, name): 0.0 for k in ks for name in corruptions}
+    sums = dict.fromkeys(points, 0.0)
     count = 0
-    factories = {(k, name): make(k) for k in ks for name, make in corruptions.items()}
     for batch in windows.split(batch_size):
         states = model.layer_states(batch)  # L + 1 activations, each [B, W, H]
-        for k in ks:
-            for name in corruptions:
-                act = states[k].corrupted(factories[k, name])
-                sums[k, name] += float(_nll_sum(model.tail(act, k), batch))
-                if on_point:
-                    on_point()
+        for key, (k, corrupt) in points.items():
+            sums[key] += float(_nll_sum(model.tail(states[k].corrupted(corrupt), k), batch))
+            if on_point:
+                on_point()
         count += batch.numel() - batch.shape[0]
     return {key: math.exp(s / count) for key, s in sums.items()}
 

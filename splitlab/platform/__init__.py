@@ -1,0 +1,1 @@
+"""Experiments: analysis, specs, runners (local or cluster), Tune + MLflow, reports."""

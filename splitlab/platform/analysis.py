@@ -1,0 +1,219 @@
+"""The split-point analysis: how split point k and channel change quality and link cost.
+
+For every batch of token windows the clean hidden states after every layer come from one pass
+(``SplitModel.layer_states``); each (k, channel setting, seed) point only reruns the tail. Results:
+``grid.json`` / ``grid.csv`` (mean perplexity over seeds with a 95% confidence interval),
+``link_cost.csv``, a heatmap and line plots per channel, and one MLflow run holding all of it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from splitlab.channel import Channel, ChannelConfig, link_cost
+
+# Named sweeps: which ChannelConfig they start from and which field they vary.
+SWEEPS: dict[str, tuple[dict, str]] = {
+    "erasure": ({"kind": "erasure"}, "rho"),
+    "awgn": ({"kind": "awgn"}, "snr_db"),
+    "awgn-per-channel": ({"kind": "awgn", "per_channel": True}, "snr_db"),
+    "digital": ({"kind": "digital", "quant": "fp16", "modulation": "qpsk", "on_packet_error": "erase"}, "snr_db"),
+}
+DEFAULT_RHO = (0.02, 0.05, 0.1, 0.2, 0.3)
+DEFAULT_SNR_DB = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0)
+
+
+@dataclass
+class AnalysisConfig:
+    """What ``splitlab analyze`` computes."""
+
+    model: str = "smollm2"
+    """Model spec: smollm2, tiny-llama, tiny-gpt2, or a local checkpoint."""
+    corpus: str = "wiki"
+    """Perplexity corpus: wiki or lambada."""
+    tokens: int = 1024
+    """Tokens evaluated per point."""
+    window: int = 128
+    """Tokens per window."""
+    splits: list[int] | None = None
+    """Split points k; None = every k in 0..L."""
+    channels: list[str] = field(default_factory=lambda: ["erasure", "awgn", "awgn-per-channel", "digital"])
+    """Named sweeps, each one of SWEEPS."""
+    rho: list[float] = field(default_factory=lambda: list(DEFAULT_RHO))
+    """Erasure probabilities for the erasure sweep."""
+    snr_db: list[float] = field(default_factory=lambda: list(DEFAULT_SNR_DB))
+    """Mean SNRs (dB) for the AWGN and digital sweeps."""
+    channel_settings: dict = field(default_factory=dict)
+    """ChannelConfig fields applied to every sweep (e.g. fading: rayleigh, quant: int8)."""
+    seeds: int = 3
+    """Noise seeds averaged per point."""
+    seed: int = 0
+    """Base seed."""
+    batch_size: int = 8
+    """Windows per forward pass."""
+    out: str = "runs/analysis"
+    """Output folder."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)."""
+    experiment: str = "splitlab-analysis"
+    """MLflow experiment name."""
+
+    def __post_init__(self):
+        unknown = [c for c in self.channels if c not in SWEEPS]
+        if unknown or not self.channels:
+            raise ValueError(f"channels must be a non-empty list from {sorted(SWEEPS)}, got {self.channels}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        for name, values in (("rho", self.rho), ("snr_db", self.snr_db)):
+            if not values:
+                raise ValueError(f"{name} must list at least one value")
+        for c in self.channels:  # validate every channel setting before any model loads
+            for value in self._values(c):
+                self.channel_config(c, value)
+
+    def _values(self, sweep: str) -> list[float]:
+        return list(self.rho if SWEEPS[sweep][1] == "rho" else self.snr_db)
+
+    def channel_config(self, sweep: str, value: float) -> ChannelConfig:
+        base, param = SWEEPS[sweep]
+        return ChannelConfig.from_dict({**self.channel_settings, **base, param: value})
+
+    def points(self) -> list[tuple[str, str, float]]:
+        """(sweep, param, value) for every channel setting."""
+        return [(c, SWEEPS[c][1], v) for c in self.channels for v in self._values(c)]
+
+
+def _ci95(samples: np.ndarray) -> float:
+    if len(samples) < 2:
+        return 0.0
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(samples) - 1) * samples.std(ddof=1) / np.sqrt(len(samples)))
+
+
+def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
+    """Run the grid; returns the ``grid.json`` dict (see ``splitlab.envs.quality_grid``)."""
+    from splitlab.llm import SplitModel
+    from splitlab.llm.corpora import token_windows
+    from splitlab.llm.evaluation import perplexity, perplexity_grid
+
+    start = time.perf_counter()
+    model = SplitModel.load(cfg.model)
+    splits = cfg.splits if cfg.splits is not None else list(range(model.num_layers + 1))
+    bad = [k for k in splits if not 0 <= k <= model.num_layers]
+    if bad:
+        raise ValueError(f"splits must lie in 0..{model.num_layers} for {cfg.model}, got {bad}")
+    windows = token_windows(model.tokenizer, cfg.corpus, cfg.tokens, cfg.window)
+    ppl_clean = perplexity(model, windows, 0, batch_size=cfg.batch_size)
+    points = {}
+    for ci, (sweep, param, value) in enumerate(cfg.points()):
+        channel = Channel(cfg.channel_config(sweep, value))
+        for k in splits:
+            for s in range(cfg.seeds):
+                rng = np.random.default_rng([cfg.seed, s, ci, k])
+                points[sweep, value, k, s] = (k, channel.as_corruption(rng))
+    n_batches = -(-windows.shape[0] // cfg.batch_size)
+    with tqdm(total=len(points) * n_batches, desc="analysis (k x channel x seed)", unit="tail",
+              disable=not progress) as bar:
+        ppl = perplexity_grid(model, windows, points, cfg.batch_size, on_point=bar.update)
+    rows = []
+    n_tokens = windows.numel()
+    for sweep, param, value in cfg.points():
+        ccfg = cfg.channel_config(sweep, value)
+        cost = link_cost(n_tokens, model.hidden_size, ccfg, snr_db=value if param == "snr_db" else None)
+        for k in splits:
+            samples = np.array([ppl[sweep, value, k, s] for s in range(cfg.seeds)])
+            rows.append({"k": k, "channel": sweep, "param": param, "value": float(value),
+                         "ppl_mean": float(samples.mean()), "ppl_ci95": _ci95(samples), "seeds": cfg.seeds,
+                         "payload_bytes": cost.payload_bytes, "tx_time_s": cost.tx_time_s})
+    return {"model": cfg.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
+            "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits,
+            "config": asdict(cfg), "wall_time_s": time.perf_counter() - start, "rows": rows}
+
+
+def paper_reward(ppl: np.ndarray, ppl_ref: float, ks: np.ndarray, k_max: int, alpha: float = 10.0,
+                 beta: float = 1.0) -> np.ndarray:
+    """The paper's reward alpha * (PPL_ref - PPL_k) / PPL_ref + beta * (K_max - k) / K_max, per k."""
+    return alpha * (ppl_ref - ppl) / ppl_ref + beta * (k_max - ks) / k_max
+
+
+def summarise(grid: dict) -> list[dict]:
+    """Per (channel, value): the most robust k, its perplexity, and the paper reward's best k."""
+    from splitlab.envs.quality_grid import QualityGrid
+
+    out = []
+    k_max = max(1, round(10 / 32 * grid["num_layers"]))  # the paper's K_max = 10 for 32 layers
+    for sweep in dict.fromkeys(r["channel"] for r in grid["rows"]):
+        g = QualityGrid.from_dict(grid, sweep)
+        allowed = (g.ks >= 1) & (g.ks <= k_max)
+        for j, value in enumerate(g.values):
+            col = g.ppl[:, j]
+            best = int(g.ks[np.argmin(col)])
+            reward = paper_reward(col, g.ppl_clean, g.ks, k_max)
+            paper_k = int(g.ks[allowed][np.argmax(reward[allowed])]) if allowed.any() else None
+            out.append({"channel": sweep, "param": g.param, "value": float(value), "best_k": best,
+                        "best_ppl": float(col.min()), "worst_k": int(g.ks[np.argmax(col)]),
+                        "worst_ppl": float(col.max()), "paper_reward_best_k": paper_k})
+    return out
+
+
+def write_outputs(grid: dict, out: Path) -> list[Path]:
+    """Write grid.json, grid.csv, link_cost.csv, summary.csv and the plots; returns the files."""
+    from splitlab.platform.analysis_plots import plot_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "grid.json", out / "grid.csv", out / "summary.csv", out / "link_cost.csv"]
+    files[0].write_text(json.dumps(grid, indent=1) + "\n")
+    _write_csv(files[1], grid["rows"])
+    _write_csv(files[2], summarise(grid))
+    bits = {r["value"]: r for r in grid["rows"] if r["channel"] == grid["rows"][0]["channel"]}
+    _write_csv(files[3], [{"k": k, "ue_layers": k, "edge_layers": grid["num_layers"] - k,
+                           "payload_bytes_per_token": next(iter(bits.values()))["payload_bytes"] / grid["tokens"],
+                           **{f"tx_time_s_at_{r['param']}={v:g}": r["tx_time_s"] / grid["tokens"]
+                              for v, r in bits.items()}} for k in grid["splits"]])
+    return files + plot_grid(grid, out)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def log_to_mlflow(cfg: AnalysisConfig, grid: dict, files: list[Path]) -> str:
+    """One MLflow run with the settings, headline metrics and every output file; returns its id."""
+    import mlflow
+
+    from splitlab.platform.tracking import use_tracking
+
+    use_tracking(cfg.tracking_uri, cfg.experiment)
+    with mlflow.start_run(run_name=f"analyze-{cfg.model}") as run:
+        mlflow.set_tag("splitlab.kind", "analysis")
+        mlflow.log_params({"model": cfg.model, "corpus": cfg.corpus, "tokens": grid["tokens"],
+                           "window": cfg.window, "seeds": cfg.seeds, "channels": ",".join(cfg.channels),
+                           "splits": ",".join(map(str, grid["splits"])),
+                           **{f"channel.{k}": v for k, v in cfg.channel_settings.items()}})
+        mlflow.log_metric("quality/ppl_clean", grid["ppl_clean"])
+        mlflow.log_metric("time/wall_s", grid["wall_time_s"])
+        for s in summarise(grid):
+            tag = f"{s['channel']}_{s['param']}_{s['value']:g}".replace(".", "p")
+            mlflow.log_metric(f"quality/best_ppl/{tag}", s["best_ppl"])
+            mlflow.log_metric(f"quality/best_k/{tag}", s["best_k"])
+        for f in files:
+            mlflow.log_artifact(str(f))
+        return run.info.run_id
+
+
+def run_analysis(cfg: AnalysisConfig, progress: bool = True, log: bool = True) -> tuple[dict, list[Path], str | None]:
+    """Compute the grid, write the outputs to ``cfg.out``, log them to MLflow."""
+    grid = compute_grid(cfg, progress)
+    files = write_outputs(grid, Path(cfg.out))
+    run_id = log_to_mlflow(cfg, grid, files) if log else None
+    return grid, files, run_id

@@ -1,0 +1,64 @@
+"""Plots of the split-point analysis: a heatmap and line plots per channel, and the best k."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def plot_grid(grid: dict, out: Path) -> list[Path]:
+    """Write heatmap_<channel>.png and lines_<channel>.png for every channel, and best_k.png."""
+    from splitlab.envs.quality_grid import QualityGrid
+
+    files: list[Path] = []
+    sweeps = list(dict.fromkeys(r["channel"] for r in grid["rows"]))
+    fig_best, ax_best = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.2), squeeze=False)
+    for i, sweep in enumerate(sweeps):
+        g = QualityGrid.from_dict(grid, sweep)
+        rel = np.log(g.ppl / g.ppl_clean)  # [K, V] log perplexity ratio
+        fig, ax = plt.subplots(figsize=(7, 4))
+        im = ax.imshow(rel.T, aspect="auto", origin="lower", cmap="magma_r",
+                       extent=(g.ks[0] - 0.5, g.ks[-1] + 0.5, -0.5, len(g.values) - 0.5))
+        ax.set_yticks(range(len(g.values)), [f"{v:g}" for v in g.values])
+        ax.set_xlabel("split point k (layers on the UE)")
+        ax.set_ylabel(g.param)
+        ax.set_title(f"{grid['model']}: log(PPL / PPL_clean), {sweep} channel")
+        fig.colorbar(im, ax=ax)
+        files.append(_save(fig, out / f"heatmap_{sweep}.png"))
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        colors = plt.cm.viridis(np.linspace(0, 1, len(g.values)))
+        for j, value in enumerate(g.values):
+            ax.errorbar(g.ks, g.ppl[:, j], yerr=g.ppl_ci95[:, j], color=colors[j], marker=".", capsize=2,
+                        label=f"{g.param}={value:g}")
+        ax.axhline(g.ppl_clean, color="k", ls="--", lw=1, label="clean")
+        ax.set_yscale("log")
+        ax.set_xlabel("split point k (layers on the UE)")
+        ax.set_ylabel(f"perplexity ({grid['corpus']}, {grid['tokens']} tokens)")
+        ax.set_title(f"{grid['model']}: perplexity vs split, {sweep} channel")
+        ax.legend(fontsize=7, ncol=2)
+        files.append(_save(fig, out / f"lines_{sweep}.png"))
+
+        best = g.ks[np.argmin(g.ppl, axis=0)]
+        ax_best[0, i].plot(g.values, best, marker="o")
+        ax_best[0, i].set_xlabel(g.param)
+        ax_best[0, i].set_ylabel("k with the lowest perplexity")
+        ax_best[0, i].set_title(sweep)
+    fig_best.tight_layout()
+    files.append(_save(fig_best, out / "best_k.png"))
+    return files
+
+
+def _save(fig, path: Path) -> Path:
+    for ax in fig.axes:
+        if ax.get_xlabel().startswith("split point"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
