@@ -172,7 +172,11 @@ def write_outputs(grid: dict, out: Path) -> list[Path]:
     files[0].write_text(json.dumps(grid, indent=1) + "\n")
     _write_csv(files[1], grid["rows"])
     _write_csv(files[2], summarise(grid))
-    bits = {r["value"]: r for r in grid["rows"] if r["channel"] == grid["rows"][0]["channel"]}
+    # Transmission time varies with SNR, not with rho: tabulate it over an SNR sweep where there is one.
+    sweeps = list(dict.fromkeys(r["channel"] for r in grid["rows"]))
+    by_snr = next((s for s in sweeps if any(r["channel"] == s and r["param"] == "snr_db" for r in grid["rows"])),
+                  sweeps[0])
+    bits = {r["value"]: r for r in grid["rows"] if r["channel"] == by_snr}
     _write_csv(files[3], [{"k": k, "ue_layers": k, "edge_layers": grid["num_layers"] - k,
                            "payload_bytes_per_token": next(iter(bits.values()))["payload_bytes"] / grid["tokens"],
                            **{f"tx_time_s_at_{r['param']}={v:g}": r["tx_time_s"] / grid["tokens"]
