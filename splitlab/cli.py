@@ -56,6 +56,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoConfig(model=args.model, quick=args.quick, out=args.out, tracking_uri=args.tracking_uri))
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from splitlab.platform.sweep import load_plan
+
+    plan = load_plan(args.spec, name=args.name)
+    sweep = plan.sweep
+    print(f"sweep {sweep.name}: {sweep.trial_count()} trials ({sweep.grid_points()} grid points x "
+          f"{sweep.num_samples} samples), searcher {sweep.searcher}, scheduler {sweep.scheduler}, "
+          f"optimising {sweep.metric} ({sweep.mode})")
+    if args.dry_run:
+        for path, value in sweep.params.items():
+            print(f"  {path}: {value.kind} {value.args}" if hasattr(value, "kind") else f"  {path}: {value!r} (fixed)")
+        return 0
+    from splitlab.platform.sweep import run_sweep
+
+    outcome = run_sweep(plan, address=args.address, resume=args.resume, tracking_uri=args.tracking_uri,
+                        storage_path=args.storage_path, num_cpus=args.num_cpus)
+    print(f"sweep {outcome.name} (id {outcome.sweep_id}): {len(outcome.trials)} trials, "
+          f"{len(outcome.errored)} errored; Tune state in {outcome.path}; MLflow experiment {outcome.experiment!r} "
+          f"at {outcome.tracking_uri}, tag splitlab.sweep={outcome.name}")
+    print(f"next: splitlab report {outcome.name}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+    return 1 if outcome.errored else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from splitlab.platform.submit import submit
+
+    job = submit(args.spec, args.address, wait=not args.no_wait, tracking_uri=args.tracking_uri,
+                 storage_path=args.storage_path, resume=args.resume, name=args.name, token=args.token,
+                 timeout_s=args.timeout)
+    return 0 if args.no_wait or job.status == "SUCCEEDED" else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splitlab.platform.report import build_report, format_tables, write_outputs
+
+    report = build_report(args.sweep, tracking_uri=args.tracking_uri, by=args.by, all_ids=args.all)
+    print(format_tables(report))
+    files = write_outputs(report, Path(args.out or f"runs/reports/{report.sweep}"))
+    print(f"\nwrote {len(files)} files to {files[0].parent}/: " + ", ".join(f.name for f in files))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from splitlab.platform.spec import load_spec
+    from splitlab.platform.training import run_training
+
+    overrides = dict(args.set)
+    if args.tracking_uri:
+        overrides["tracking.uri"] = args.tracking_uri
+    if args.no_mlflow:
+        overrides["tracking.enabled"] = False
+    if args.out:
+        overrides["out"] = args.out
+    spec = load_spec(args.spec, overrides)  # validated before Ray starts
+    result = run_training(spec, resume=not args.restart)
+    m = result.metrics
+    print(f"{'policy':<14} {'return':>10} {'vs oracle':>10} {'mean k':>7}")
+    for name, p in sorted(result.policies.items(), key=lambda kv: -kv[1]["return"]):
+        print(f"{name:<14} {p['return']:>10.3f} {p['return_vs_oracle']:>10.3f} {p['mean_k']:>7.2f}")
+    print(f"real LLM evaluations {m.get('mbrl/real_evals', 0):.0f} ({m.get('mbrl/real_eval_time_s', 0):.1f} s); "
+          f"wall time {m['time/wall_s']:.0f} s; outputs in {result.run_dir}/"
+          + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from splitlab.llm import SplitModel
     from splitlab.llm.corpora import token_windows
@@ -76,6 +143,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value like max_split=15, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from splitlab.serve.config import ServeConfig
+    from splitlab.serve.local import serve_forever
+
+    settings: dict = {}
+    if args.config:
+        settings.update(ServeConfig.from_yaml(args.config).to_dict())
+    if args.model:
+        settings["model"] = args.model
+    settings.update(dict(args.set))
+    serve_forever(ServeConfig.from_dict(settings), args.host, args.port, args.num_cpus)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +180,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--window", type=int, default=128, help="tokens per window (default 128)")
     check.add_argument("--splits", type=_int_list, default=None, help="split points, e.g. 0,10,30")
     check.set_defaults(func=cmd_check)
+
+    serve = sub.add_parser(
+        "serve", help="serve split inference over HTTP (OpenAI-style API) with Ray Serve on 127.0.0.1",
+        description="This starts an embedded Ray and Ray Serve on this machine with four deployments: the UE "
+                    "half, the edge half (autoscaled), the split policy and a FastAPI ingress, answering "
+                    "POST /v1/completions and /v1/chat/completions, GET /v1/models and /healthz. "
+                    "How to run: splitlab serve --model smollm2 --port 8000 [--config serve_config.yaml] "
+                    "[--set max_split=15 --set policy_grid=runs/analyze/grid.json]; then curl "
+                    "http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d "
+                    "'{\"prompt\": \"The capital of France is\", \"max_tokens\": 16, \"temperature\": 0, "
+                    "\"channel_profile\": \"fair\"}'. "
+                    "Results to expect: ready in under a minute; each response carries the split used, bytes "
+                    "sent up and down and the simulated link latency; on the clean profile with temperature 0 "
+                    "the text equals the unsplit model's. Ctrl-C stops it.",
+    )
+    serve.add_argument("--model", default=None, help="smollm2 (default), tiny-llama, tiny-gpt2, or a local checkpoint")
+    serve.add_argument("--config", default=None, help="a Serve config YAML (its first application's args) "
+                                                     "or a YAML mapping of ServeConfig fields")
+    serve.add_argument("--set", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                       help="override one ServeConfig field, e.g. --set max_split=15 (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="address of the HTTP proxy (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port of the HTTP proxy (default 8000)")
+    serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    serve.set_defaults(func=cmd_serve)
 
     analyze = sub.add_parser(
         "analyze", help="grid of split point x channel: perplexity, link cost, plots, MLflow run",
@@ -134,6 +246,87 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     demo.set_defaults(func=cmd_demo)
+    sweep = sub.add_parser(
+        "sweep", help="a spec's sweep section as Ray Tune trials, one MLflow run per trial",
+        description="This runs one training run per point of the spec's sweep section (grid_search lists, "
+                    "uniform/loguniform/choice/randint ranges) with Ray Tune on an embedded local Ray, or on a "
+                    "cluster with --address. The whole spec is validated before Ray starts. "
+                    "How to run: splitlab sweep tune_configs/network_sweep.yaml (add --dry-run to only validate "
+                    "and count trials; --resume continues an interrupted sweep). Results to expect: Tune's trial "
+                    "table, then one MLflow run per trial (params, namespaced metrics, plots, surrogate and "
+                    "policy checkpoint as artifacts) tagged splitlab.sweep=NAME; compare them in `make ui` or "
+                    "with `splitlab report NAME`.",
+    )
+    sweep.add_argument("spec", help="YAML spec with a sweep: section (tune_configs/network_sweep.yaml)")
+    sweep.add_argument("--address", default=None,
+                       help="Ray cluster to join (auto, HOST:6379); default: an embedded local Ray on 127.0.0.1")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    sweep.add_argument("--name", default=None, help="override sweep.name (the Tune folder and the MLflow tag)")
+    sweep.add_argument("--storage-path", default=None, help="override sweep.storage_path (Tune state, checkpoints)")
+    sweep.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
+    sweep.add_argument("--num-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all)")
+    sweep.add_argument("--dry-run", action="store_true", help="validate the spec and print the search space only")
+    sweep.set_defaults(func=cmd_sweep)
+
+    submit = sub.add_parser(
+        "submit", help="run a spec as a Ray job on a cluster, the project as its working directory",
+        description="This validates the spec here, uploads the project folder with Ray's job submission client "
+                    "and runs `splitlab sweep SPEC` (or `splitlab train SPEC` for a spec without a sweep section) "
+                    "on the cluster's head. How to run: splitlab submit tune_configs/network_sweep.yaml "
+                    "--address http://HEAD:8265 --tracking-uri http://MLFLOW:5000 (the token comes from "
+                    "$RAY_AUTH_TOKEN or ~/.ray/auth_token). Results to expect: the job id, its logs as they come, "
+                    "its final status; its MLflow runs in the tracking store.",
+    )
+    submit.add_argument("spec", help="YAML spec inside this project (it travels with the working directory)")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--tracking-uri", default=None,
+                        help="MLflow URI the job logs to (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here, "
+                             "which only a head on this machine can reach)")
+    submit.add_argument("--storage-path", default=None, help="Tune storage the cluster can reach (shared path, s3://)")
+    submit.add_argument("--resume", action="store_true", help="pass --resume to the sweep")
+    submit.add_argument("--name", default=None, help="override sweep.name")
+    submit.add_argument("--token", default=None, help="Ray auth token (default $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    submit.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
+    submit.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    submit.set_defaults(func=cmd_submit)
+
+    report = sub.add_parser(
+        "report", help="a sweep's trials from MLflow: best split policy per network condition, plots",
+        description="This reads a sweep's runs back from MLflow (tag splitlab.sweep=SWEEP, or a sweep id), groups "
+                    "them by network condition (the swept params outside the algorithm sections) and compares them. "
+                    "How to run: splitlab report network-sweep [--by env.dynamics.mean_snr_db]. Results to expect: "
+                    "a table of the best trial per condition (return, oracle return, fraction of the oracle, real "
+                    "LLM evaluations, mean split k), a table of all trials, and CSVs plus comparison plots in "
+                    "runs/reports/SWEEP/.",
+    )
+    report.add_argument("sweep", help="sweep name (sweep.name in the spec) or sweep id")
+    report.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
+    report.add_argument("--by", type=lambda t: [k for k in t.split(",") if k], default=None,
+                        help="params that define a network condition, comma-separated (default: every swept "
+                             "param outside algorithm/surrogate/training sections)")
+    report.add_argument("--out", default=None, help="output folder (default runs/reports/SWEEP)")
+    report.add_argument("--all", action="store_true", help="include every sweep id with this name, not just the newest")
+    report.set_defaults(func=cmd_report)
+    train = sub.add_parser(
+        "train", help="train one split-policy agent from a spec (paper, Dyna or model-free), evaluate, log",
+        description="This trains the split policy of a spec in tune_configs/ with RLlib: mode paper fits the reward "
+                    "surrogate on a measured grid and trains PPO on it; mode dyna refreshes the surrogate from a "
+                    "budget of real LLM evaluations after every iteration; mode model_free rewards every step with "
+                    "the real quality. It checkpoints as it goes and a rerun resumes an interrupted run. "
+                    "How to run: splitlab train tune_configs/dyna.yaml [--set algorithm.iterations=5]. "
+                    "Results to expect: per-iteration progress lines, then a table of held-out returns (policy, "
+                    "every fixed k, random, oracle; 'vs oracle' is 0 at random and 1 at the oracle), the real LLM "
+                    "evaluations used and the wall time; outputs (results.json, k_vs_channel.png, policy/, "
+                    "surrogate.npz) in out/NAME/ and one MLflow run.",
+    )
+    train.add_argument("spec", help="experiment spec YAML (e.g. tune_configs/dyna.yaml)")
+    train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field by its dotted path, e.g. --set algorithm.iterations=5")
+    train.add_argument("--out", default=None, help="parent folder of the run folder (default: the spec's out)")
+    train.add_argument("--restart", action="store_true", help="start over instead of resuming from a checkpoint")
+    train.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
+    train.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

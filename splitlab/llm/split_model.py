@@ -37,7 +37,8 @@ class SplitModel:
     """A transformers causal LM seen as a head (UE) and a tail (edge) around a split point k.
 
     A ``full`` SplitModel holds every layer and can split anywhere. A ``ue`` or ``edge`` part holds only
-    the weights of its own side of ``max_k`` (see :meth:`load`).
+    the weights of its own side of ``max_k`` (see :meth:`load`); a ``ue`` part runs any k <= ``max_k``,
+    an ``edge`` part any k >= ``max_k``.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "",
@@ -141,8 +142,11 @@ class SplitModel:
         _check_k(k, self.num_layers)
         if self.part != "full" and self.part != side:
             raise RuntimeError(f"this is the {self.part} half; it cannot run the {side} side")
-        if self.part == side and k != self.part_k:
-            raise ValueError(f"this {side} half was loaded for k={self.part_k}, got k={k}")
+        # A UE half loaded for part_k holds layers < part_k, so it can run any k <= part_k (a prefix of
+        # its layers); an edge half holds layers >= part_k, so it can run any k >= part_k.
+        if self.part == side and (k > self.part_k if side == "ue" else k < self.part_k):
+            accepted = f"k <= {self.part_k}" if side == "ue" else f"k >= {self.part_k}"
+            raise ValueError(f"this {side} half was loaded for k={self.part_k} ({accepted}), got k={k}")
 
 
 def _check_k(k: int, num_layers: int) -> None:
