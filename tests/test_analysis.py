@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from splitlab.cli import main
-from splitlab.platform.analysis import AnalysisConfig, paper_reward, summarise
+from splitlab.platform.analysis import AnalysisConfig, summarise
 
 
 def test_analyze_writes_grid_plots_and_mlflow_run(tmp_path, monkeypatch, capsys):
@@ -43,11 +43,7 @@ def test_bad_analysis_settings_are_named(capsys):
     assert "fading" in capsys.readouterr().err
 
 
-def test_summary_and_paper_reward_by_hand():
-    import numpy as np
-
-    reward = paper_reward(np.array([10.0, 20.0]), 10.0, np.array([1, 5]), 10)
-    assert reward.tolist() == pytest.approx([0.9, -10 + 0.5])
+def test_summary_picks_the_paper_rewards_best_k_by_hand():
     grid = {"model": "m", "num_layers": 32, "hidden_size": 8, "ppl_clean": 10.0, "rows": [
         {"k": k, "channel": "erasure", "param": "rho", "value": 0.1, "ppl_mean": p, "ppl_ci95": 0.0}
         for k, p in ((1, 30.0), (3, 11.0), (10, 10.5))]}

@@ -137,15 +137,10 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
             "config": asdict(cfg), "wall_time_s": time.perf_counter() - start, "rows": rows}
 
 
-def paper_reward(ppl: np.ndarray, ppl_ref: float, ks: np.ndarray, k_max: int, alpha: float = 10.0,
-                 beta: float = 1.0) -> np.ndarray:
-    """The paper's reward alpha * (PPL_ref - PPL_k) / PPL_ref + beta * (K_max - k) / K_max, per k."""
-    return alpha * (ppl_ref - ppl) / ppl_ref + beta * (k_max - ks) / k_max
-
-
 def summarise(grid: dict) -> list[dict]:
     """Per (channel, value): the most robust k, its perplexity, and the paper reward's best k."""
     from splitlab.envs.quality_grid import QualityGrid
+    from splitlab.envs.rewards import paper_reward
 
     out = []
     k_max = max(1, round(10 / 32 * grid["num_layers"]))  # the paper's K_max = 10 for 32 layers
@@ -155,7 +150,7 @@ def summarise(grid: dict) -> list[dict]:
         for j, value in enumerate(g.values):
             col = g.ppl[:, j]
             best = int(g.ks[np.argmin(col)])
-            reward = paper_reward(col, g.ppl_clean, g.ks, k_max)
+            reward = paper_reward(col, g.ppl_clean, g.ks, k_max).total
             paper_k = int(g.ks[allowed][np.argmax(reward[allowed])]) if allowed.any() else None
             out.append({"channel": sweep, "param": g.param, "value": float(value), "best_k": best,
                         "best_ppl": float(col.min()), "worst_k": int(g.ks[np.argmax(col)]),

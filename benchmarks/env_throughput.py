@@ -1,0 +1,159 @@
+"""Environment throughput: how many split decisions per second the environments deliver.
+
+This example steps the environments with the measured-grid reward model (a synthetic grid in
+``grid.json`` format shaped like SmolLM2: 30 layers, hidden 576) and random actions:
+
+- a single ``SplitEnv`` (``wireless`` and ``paper`` presets) in this process;
+- ``MultiUserSplitEnv`` with 16 users (env steps/s and agent steps/s);
+- the same two envs sampled through RLlib env runners (PPO's default module, new API stack) with
+  1 and then 2 env runners, reporting env steps/s and the ratio of 2 runners to 1 (rounds
+  interleaved in the same runner processes; medians reported, the raw rounds kept in the JSON).
+
+How to run:  .venv/bin/python benchmarks/env_throughput.py [--seconds 2] [--rounds 3] [--rllib-steps 1500]
+
+Results to expect: thousands of single-user steps/s in process (the link-cost model dominates);
+16 users (about 8 active with the default churn) cost about 10x per env step. Through RLlib the module's forward pass and episode
+bookkeeping dominate, so steps/s drop by an order of magnitude; on 2 shared cores 2 runners give
+well under 2x (the driver and both runners compete for the same cores). Writes
+``benchmarks/results/env_throughput.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+REWARD_MODEL = {"kind": "synthetic", "channel": "awgn", "num_layers": 30, "hidden_size": 576}
+WIRELESS = {"preset": "wireless", "reward_model": REWARD_MODEL}
+PAPER = {"preset": "paper", "reward_model": {**REWARD_MODEL, "channel": "erasure"}}
+MULTI16 = {"env": "multi_user", "num_users": 16, "join_prob": 0.05, "leave_prob": 0.05, "reward_model": REWARD_MODEL}
+
+
+def in_process(config: dict, seconds: float) -> float:
+    """Random-action env steps and agent steps per second of one env in this process."""
+    from splitlab.envs import make_env
+
+    env = make_env(config)
+    rng = np.random.default_rng(0)
+    multi = config.get("env") == "multi_user"
+    env_steps = agent_steps = 0
+    obs, _ = env.reset(seed=0)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if multi:
+            actions = {aid: int(rng.integers(len(env.candidate_ks))) for aid in env.users}
+            obs, _, _, truncs, _ = env.step(actions)
+            agent_steps += len(actions)
+            done = truncs["__all__"]
+        else:
+            obs, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+            agent_steps += 1
+            done = term or trunc
+        env_steps += 1
+        if done:
+            obs, _ = env.reset()
+    wall = time.perf_counter() - start
+    return env_steps / wall, agent_steps / wall
+
+
+def through_rllib(config: dict, steps_per_runner: int, rounds: int) -> dict:
+    """Env steps per second sampled through RLlib env runners (PPO's default module), 1 runner vs 2.
+
+    One algorithm with 2 remote runners; each round samples ``steps_per_runner`` on runner 1 alone,
+    then on both at once. Interleaving the rounds in the same processes keeps drift in the load of a
+    shared machine out of the ratio; the medians over rounds are reported.
+    """
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from splitlab.envs import SHARED_MODULE_ID, register_envs, shared_policy_mapping_fn
+
+    ids = register_envs()
+    name = config.get("env", "split")
+    env_config = {k: v for k, v in config.items() if k != "env"}
+    algo_config = (PPOConfig()
+                   .environment(ids[name], env_config=env_config)
+                   .env_runners(num_env_runners=2, num_cpus_per_env_runner=1, rollout_fragment_length=200)
+                   .debugging(seed=0))
+    if name == "multi_user":
+        algo_config = algo_config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=shared_policy_mapping_fn)
+    algo = algo_config.build_algo()
+    group = algo.env_runner_group
+
+    def sample(runner, n=steps_per_runner):
+        return sum(len(e) for e in runner.sample(num_timesteps=n, explore=True))
+
+    def timed(worker_ids: list[int]) -> float:
+        start = time.perf_counter()
+        counts = group.foreach_env_runner(sample, local_env_runner=False, remote_worker_ids=worker_ids)
+        return sum(counts) / (time.perf_counter() - start)
+
+    try:
+        group.foreach_env_runner(lambda r: sample(r, 100), local_env_runner=False)  # warm-up
+        one, two = [], []
+        for _ in range(rounds):
+            one.append(timed([1]))
+            two.append(timed([1, 2]))
+    finally:
+        algo.stop()
+    med1, med2 = float(np.median(one)), float(np.median(two))
+    return {"steps_per_runner": steps_per_runner, "rounds": rounds,
+            "runners_1": {"env_steps_per_s": med1, "rounds_env_steps_per_s": one},
+            "runners_2": {"env_steps_per_s": med2, "rounds_env_steps_per_s": two},
+            "ratio_2_to_1": med2 / med1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per in-process round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (the median is reported)")
+    parser.add_argument("--rllib-steps", type=int, default=1500,
+                        help="env steps per runner per RLlib round (the 16-user env samples a tenth)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)  # the driver only coordinates; the runners get one thread each from Ray
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "processor": platform.processor() or platform.machine(),
+                                 "load_avg_1m_at_start": os.getloadavg()[0]},
+                     "reward_model": REWARD_MODEL, "in_process": {}, "rllib": {}}
+    for name, config in (("wireless", WIRELESS), ("paper", PAPER), ("multi_user_16", MULTI16)):
+        rounds = [in_process(config, args.seconds) for _ in range(args.rounds)]
+        env_rate, agent_rate = (float(np.median(x)) for x in zip(*rounds))
+        results["in_process"][name] = {"env_steps_per_s": env_rate, "agent_steps_per_s": agent_rate,
+                                       "rounds_env_steps_per_s": [r[0] for r in rounds]}
+        print(f"in process  {name:14s} {env_rate:9.0f} env steps/s  {agent_rate:9.0f} agent steps/s")
+
+    import ray
+    import ray.tune.trainable.trainable as trainable
+
+    scratch = tempfile.mkdtemp(prefix="env_throughput-")
+    trainable.DEFAULT_STORAGE_PATH = scratch  # standalone algorithms write here, not under ~/ray_results
+    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        for name, config, steps in (("wireless", WIRELESS, args.rllib_steps),
+                                    ("multi_user_16", MULTI16, max(10, args.rllib_steps // 10))):
+            results["rllib"][name] = r = through_rllib(config, steps, args.rounds)
+            print(f"rllib       {name:14s} 1 runner {r['runners_1']['env_steps_per_s']:7.0f}  2 runners "
+                  f"{r['runners_2']['env_steps_per_s']:7.0f} env steps/s  ratio {r['ratio_2_to_1']:.2f}")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    results["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "env_throughput.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The reward of one split decision: turn a perplexity and its costs into a number.
+
+Every environment (and every baseline or analysis that scores a split) goes through these two
+functions, so that a reward means the same thing everywhere. Both work on scalars or on numpy arrays
+of split points (e.g. one value per candidate k, for the oracle).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RewardTerms:
+    """The signed, weighted terms of one reward; ``total`` is their sum."""
+
+    quality: float
+    """Quality term (paper: ``alpha * (PPL_ref - PPL_k) / PPL_ref``; wireless: ``-w_q * log(PPL_k / PPL_clean)``)."""
+    compute: float
+    """UE-compute term (paper: ``+beta * (K_max - k) / K_max``; wireless: ``-w_c * k / L``)."""
+    latency: float = 0.0
+    """Latency term (wireless: ``-w_l * latency / latency_ref``; paper: 0)."""
+
+    @property
+    def total(self) -> float:
+        return self.quality + self.compute + self.latency
+
+    def as_metrics(self, prefix: str = "reward/") -> dict[str, float]:
+        """``{"reward/quality": ..., "reward/compute": ..., "reward/latency": ..., "reward/total": ...}``."""
+        return {f"{prefix}quality": float(self.quality), f"{prefix}compute": float(self.compute),
+                f"{prefix}latency": float(self.latency), f"{prefix}total": float(self.total)}
+
+
+def paper_reward(ppl, ppl_ref: float, k, k_max: int, alpha: float = 10.0, beta: float = 1.0) -> RewardTerms:
+    """The paper's reward ``alpha * (PPL_ref - PPL_k) / PPL_ref + beta * (K_max - k) / K_max``.
+
+    ``ppl_ref`` is the clean, unsplit perplexity (the released code reused a stale value after a
+    reset; this function has no state, so that cannot happen). ``ppl`` and ``k`` may be arrays [A].
+    """
+    quality = alpha * (ppl_ref - np.asarray(ppl, float)) / ppl_ref
+    compute = beta * (k_max - np.asarray(k, float)) / k_max
+    return RewardTerms(_scalar(quality), _scalar(compute), 0.0)
+
+
+def wireless_reward(ppl, ppl_clean: float, k, num_layers: int, latency_s, latency_ref_s: float,
+                    w_q: float = 1.0, w_c: float = 0.5, w_l: float = 0.5) -> RewardTerms:
+    """``-w_q * log(PPL_k / PPL_clean) - w_c * k / L - w_l * latency / latency_ref``.
+
+    ``ppl``, ``k`` and ``latency_s`` may be arrays [A] (one entry per candidate split).
+    """
+    quality = -w_q * np.log(np.asarray(ppl, float) / ppl_clean)
+    compute = -w_c * np.asarray(k, float) / num_layers
+    latency = -w_l * np.asarray(latency_s, float) / latency_ref_s
+    return RewardTerms(_scalar(quality), _scalar(compute), _scalar(latency))
+
+
+def _scalar(x: np.ndarray):
+    return float(x) if np.ndim(x) == 0 else x

@@ -1,0 +1,166 @@
+"""The wireless split MDP's physics, shared by the single-user and the multi-user environment.
+
+A :class:`UserState` is one UE's episode: its true SNR trace, the noisy estimates the policy sees,
+and its UE budget, all drawn at arrival so that the draws never depend on the actions (every policy
+evaluated on a seed sees the same channel). :class:`WirelessModel` turns (user, step, k) into
+features, latency and reward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitlab.channel import ChannelConfig, LinkCost, link_cost
+from splitlab.envs.config import SplitEnvConfig
+from splitlab.envs.device import Latency
+from splitlab.envs.reward_models import RewardModel, check_reward_model
+from splitlab.envs.rewards import RewardTerms, wireless_reward
+
+N_FEATURES = 5
+"""Observation features of one user: SNR estimate, SNR trend, achievable rate, previous k / L, UE budget."""
+FEATURE_NAMES = ("snr_est", "snr_trend", "rate", "prev_k", "ue_budget")
+FEATURE_LOW = np.array([-5.0, -5.0, 0.0, 0.0, 0.0], dtype=np.float32)
+FEATURE_HIGH = np.array([5.0, 5.0, 5.0, 1.0, 1.0], dtype=np.float32)
+RATE_SCALE_BPS_PER_HZ = 10.0
+"""Rate feature = goodput / bandwidth / this (10 bit/s/Hz, about the Shannon rate at 30 dB, maps to 1)."""
+
+
+@dataclass
+class UserState:
+    """One UE over an episode (or, in the multi-user env, from its arrival on)."""
+
+    snr_db: np.ndarray
+    """[T] true SNR per step (the channel the transmission meets)."""
+    snr_est_db: np.ndarray
+    """[T] what the UE measures before choosing: ``snr_db`` plus estimation noise."""
+    ue_budget: float
+    """Fraction of UE compute free for this UE's requests, in (0, 1]."""
+    start: int = 0
+    """Env step at which ``snr_db[0]`` applies (arrival time in the multi-user env)."""
+    prev_k: int = 0
+    """Split chosen at the previous step (0 before the first choice)."""
+
+    def index(self, t: int) -> int:
+        """Trace index of env step ``t`` (the last entry once the trace is used up)."""
+        return min(t - self.start, len(self.snr_db) - 1)
+
+
+def default_link(model: RewardModel) -> ChannelConfig:
+    """The link assumed when the config names none: digital if the quality was measured on a digital sweep."""
+    return ChannelConfig(kind="digital" if model.channel.startswith("digital") else "awgn")
+
+
+class WirelessModel:
+    """Features, latency and reward of the ``wireless`` preset for a given config and reward model."""
+
+    def __init__(self, config: SplitEnvConfig, reward_model: RewardModel) -> None:
+        self.config = config
+        self.reward_model = reward_model
+        self.num_layers = reward_model.num_layers
+        self.hidden = reward_model.hidden_size
+        self.candidate_ks = config.candidate_ks if config.candidate_ks is not None else tuple(reward_model.ks)
+        bad = [k for k in self.candidate_ks if k > self.num_layers]
+        if bad:
+            raise ValueError(f"candidate_ks must lie in 0..{self.num_layers} (the model's layers), got {bad}")
+        check_reward_model(reward_model, "snr_db", self.candidate_ks, "the wireless preset")
+        self.ppl_clean = float(reward_model.ppl_clean)
+        self.link = config.channel if config.channel is not None else default_link(reward_model)
+        self.device = config.device
+        self.latency_ref_s = (config.latency_ref_s if config.latency_ref_s is not None
+                              else self.device.local_latency_s(self.num_layers, self.hidden))
+        self._links: dict[float, ChannelConfig] = {self.link.bandwidth_hz: self.link}
+        self._rates: dict[float, float] = {}
+
+    # -- episode draws ------------------------------------------------------------------------
+    def draw_user(self, rng: np.random.Generator, n_steps: int, start: int = 0, trace: np.ndarray | None = None,
+                  snr_offset_db: float = 0.0) -> UserState:
+        """A user whose trace covers ``n_steps`` steps from ``start``. Draw order: trace, estimates, budget."""
+        if trace is None:
+            trace = self.config.dynamics.trace(n_steps, rng) + snr_offset_db
+        else:
+            trace = np.asarray(trace, dtype=np.float64)
+            if trace.ndim != 1 or trace.size == 0 or not np.isfinite(trace).all():
+                raise ValueError(f"trace must be a non-empty 1-D array of finite SNRs in dB, got shape {trace.shape}")
+        noise = rng.normal(0.0, self.config.snr_estimation_std_db, size=trace.size)
+        low, high = self.config.ue_budget_range
+        budget = float(rng.uniform(low, high)) if high > low else float(low)
+        return UserState(snr_db=trace, snr_est_db=trace + noise, ue_budget=budget, start=start)
+
+    # -- observation --------------------------------------------------------------------------
+    def features(self, user: UserState, t: int) -> np.ndarray:
+        """[N_FEATURES] float32 observation of ``user`` at env step ``t`` (see FEATURE_NAMES)."""
+        cfg = self.config
+        i = user.index(t)
+        est = user.snr_est_db[i]
+        back = min(i, cfg.trend_window)
+        trend = (est - user.snr_est_db[i - back]) / back if back else 0.0  # dB per step
+        rate = self._rate_feature(est)
+        x = np.array([(est - cfg.snr_ref_db) / cfg.snr_scale_db, trend / cfg.snr_scale_db, rate,
+                      user.prev_k / self.num_layers, user.ue_budget], dtype=np.float32)
+        return np.clip(x, FEATURE_LOW, FEATURE_HIGH)
+
+    def _rate_feature(self, snr_est_db: float) -> float:
+        # An observation needs no more than 0.01 dB of precision; rounding lets a cache serve most steps.
+        key = round(float(snr_est_db), 2)
+        rate = self._rates.get(key)
+        if rate is None:
+            if len(self._rates) > 100_000:
+                self._rates.clear()
+            rate = self._rates[key] = self.goodput_bps(key) / self.link.bandwidth_hz / RATE_SCALE_BPS_PER_HZ
+        return rate
+
+    # -- costs and reward ---------------------------------------------------------------------
+    def link_for(self, bandwidth_hz: float | None) -> ChannelConfig:
+        """The link with its bandwidth replaced (a user's share of the cell), cached per bandwidth."""
+        if bandwidth_hz is None:
+            return self.link
+        link = self._links.get(bandwidth_hz)
+        if link is None:
+            link = self._links[bandwidth_hz] = self.link.replace(bandwidth_hz=float(bandwidth_hz))
+        return link
+
+    def link_cost(self, snr_db: float, bandwidth_hz: float | None = None) -> LinkCost:
+        """Cost of one request's hidden state (``device.tokens`` x hidden) at ``snr_db``."""
+        return link_cost(self.device.tokens, self.hidden, self.link_for(bandwidth_hz), snr_db=float(snr_db))
+
+    def goodput_bps(self, snr_db: float, bandwidth_hz: float | None = None) -> float:
+        """Payload bits over time on air (retransmissions included) at ``snr_db``."""
+        cost = self.link_cost(snr_db, bandwidth_hz)
+        return cost.payload_bits / cost.tx_time_s if cost.tx_time_s > 0 else 0.0
+
+    def outcome(self, user: UserState, t: int, k: int, bandwidth_hz: float | None = None,
+                edge_tail_layers: float | None = None) -> tuple[RewardTerms, dict[str, float]]:
+        """Reward terms and the step's info metrics when ``user`` splits at ``k`` at env step ``t``.
+
+        ``bandwidth_hz``: this user's share of the cell (None: the link's own bandwidth);
+        ``edge_tail_layers``: tail layers the edge runs this step over all users (None: this user's).
+        """
+        i = user.index(t)
+        snr = float(user.snr_db[i])
+        cost = self.link_cost(snr, bandwidth_hz)
+        latency = self.device.latency(k, self.num_layers, self.hidden, cost.tx_time_s, user.ue_budget,
+                                      edge_tail_layers)
+        ppl = self.reward_model.quality(k, snr)
+        terms = self.reward(ppl, k, latency)
+        info = {"quality/ppl": ppl, "quality/ppl_clean": self.ppl_clean, "cost/k": float(k),
+                "cost/ue_layers_frac": k / self.num_layers, **latency.as_metrics(),
+                "link/bytes": cost.payload_bytes, "link/goodput_bps": cost.payload_bits / cost.tx_time_s
+                if cost.tx_time_s > 0 else 0.0, "channel/snr_db": snr,
+                "channel/snr_est_db": float(user.snr_est_db[i]), "ue/budget": user.ue_budget,
+                **terms.as_metrics()}
+        return terms, info
+
+    def reward(self, ppl, k, latency: Latency) -> RewardTerms:
+        cfg = self.config
+        return wireless_reward(ppl, self.ppl_clean, k, self.num_layers, latency.total_s, self.latency_ref_s,
+                               cfg.w_q, cfg.w_c, cfg.w_l)
+
+    def action_rewards(self, user: UserState, t: int) -> np.ndarray:
+        """[len(candidate_ks)] reward of every candidate at env step ``t`` from the true channel (oracle)."""
+        snr = float(user.snr_db[user.index(t)])
+        tx = self.link_cost(snr).tx_time_s
+        ks = np.asarray(self.candidate_ks)
+        ppl = self.reward_model.quality_table(self.candidate_ks, snr)
+        latency = self.device.latency(ks, self.num_layers, self.hidden, tx, user.ue_budget)  # fields [A]
+        return np.asarray(self.reward(ppl, ks, latency).total, dtype=np.float64)
