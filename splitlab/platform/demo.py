@@ -55,8 +55,77 @@ def stage_analysis(state: DemoState) -> None:
           f"heatmap: {Path(analysis.out) / 'heatmap_erasure.png'}")
 
 
+def _candidate_ks(num_layers: int) -> list[int]:
+    # The UE keeps at least a few layers: a split at the embeddings would send the tokens in clear.
+    step = max(1, num_layers // 10)
+    return list(range(step, num_layers + 1, step))
+
+
+def _training_spec(state: DemoState, name: str, mode: str, iterations: int) -> dict:
+    """A wireless-preset spec like tune_configs/dyna.yaml, sized for the demo."""
+    cfg = state.cfg
+    quick = cfg.quick
+    grid = state.results["analysis"]["grid"]
+    spec = {
+        "name": name, "mode": mode,
+        "quality": {"kind": "live", "model": cfg.model, "corpus": "wiki", "channel": {"kind": "awgn"},
+                    "n_tokens": 128 if quick else 256, "window": 64, "decimals": 0},
+        "env": {"env": "split", "preset": "wireless", "candidate_ks": _candidate_ks(grid["num_layers"]),
+                "dynamics": {"kind": "gauss_markov", "mean_db": 12.0, "std_db": 8.0, "corr": 0.9},
+                "w_q": 1.0, "w_c": 0.5, "w_l": 0.5},
+        "algorithm": {"name": "ppo", "iterations": iterations, "lr": 0.001, "gamma": 0.0,
+                      "train_batch_size": 800 if quick else 2000, "minibatch_size": 200 if quick else 250,
+                      "num_epochs": 5, "entropy_coeff": 0.003, "hidden": [64, 64], "num_env_runners": 2,
+                      "envs_per_env_runner": 8, "env_runner_cpus": 0.5},
+        "surrogate": {"members": 5, "hidden": [128, 128], "epochs": 300 if quick else 800, "holdout": 0.2},
+        "dyna": {"initial_evals": 12 if quick else 24, "evals_per_iter": 4 if quick else 6,
+                 "budget": 24 if quick else 80, "evaluators": 1, "evaluator_cpus": 0.0},
+        "evaluation": {"episodes": 5 if quick else 20, "truth": "quality", "baselines": True},
+        "checkpoint": {"every": 1, "keep": 1},
+        "tracking": {"enabled": True, "uri": cfg.tracking_uri, "experiment": "splitlab-demo"},
+        "out": str(Path(cfg.out) / "train"),
+    }
+    if mode == "paper":  # fit once on the analysis grid, train on the surrogate alone
+        spec["paper"] = {"grid": {"kind": "grid", "path": str(Path(cfg.out) / "analysis"), "channel": "awgn"}}
+    return spec
+
+
+def stage_surrogate(state: DemoState) -> None:
+    from splitlab.envs.quality_grid import QualityGrid
+    from splitlab.envs.reward_models import GridRewardModel
+    from splitlab.mbrl import SurrogateConfig, fit_on_grid
+
+    grid = QualityGrid.from_dict(state.results["analysis"]["grid"], "awgn")
+    ensemble, report, n = fit_on_grid(GridRewardModel(grid), SurrogateConfig(epochs=300 if state.cfg.quick else 800))
+    path = ensemble.save(Path(state.cfg.out) / "surrogate_on_grid.npz")
+    state.results["surrogate"] = {"report": report, "points": n, "path": path}
+    print(f"    {n} measured points; held-out MAE {report.mae:.3f}, R^2 {report.r2:.3f} "
+          f"(log PPL ratio); saved {path}")
+
+
+def _train(state: DemoState, key: str, mode: str, iterations: int) -> None:
+    from splitlab.platform.training import run_training
+
+    result = run_training(_training_spec(state, f"demo-{key}", mode, iterations), resume=False)
+    state.results[key] = result
+    m = result.metrics
+    print(f"    return vs oracle {m.get('policy/return_ratio', float('nan')):.3f}; real LLM evaluations "
+          f"{m.get('mbrl/real_evals', 0):.0f}; {m.get('time/wall_s', 0):.0f} s")
+
+
+def stage_dyna(state: DemoState) -> None:
+    _train(state, "dyna", "dyna", 3 if state.cfg.quick else 8)
+
+
+def stage_paper(state: DemoState) -> None:
+    _train(state, "paper", "paper", 2 if state.cfg.quick else 6)
+
+
 def stages() -> list[Stage]:
-    return [("split-point analysis (erasure + AWGN)", stage_analysis)]
+    return [("split-point analysis (erasure + AWGN)", stage_analysis),
+            ("reward surrogate on the measured grid", stage_surrogate),
+            ("Dyna PPO: 2 env runners x 8 simulated users, surrogate refreshed by real evaluations", stage_dyna),
+            ("paper mode: PPO on the grid-fitted surrogate alone", stage_paper)]
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -80,16 +149,64 @@ def run_demo(cfg: DemoConfig) -> int:
     return 0
 
 
+def results_table(state: DemoState) -> list[dict]:
+    """One row per method on the held-out traces: mean return, the score between random (0) and the
+    oracle (1) (returns are negative here, so a plain fraction of the oracle's would mislead), real
+    LLM evaluations used in training, and wall time."""
+    reference = state.results.get("dyna") or state.results.get("paper")
+    if reference is None:
+        return []
+    oracle = reference.policies.get("oracle", {}).get("return")
+    random = reference.policies.get("random", {}).get("return")
+
+    def score(value: float) -> float:
+        return (value - random) / (oracle - random) if oracle is not None and random is not None and oracle != random \
+            else float("nan")
+
+    rows = []
+    for key, label in (("dyna", "Dyna PPO (ours)"), ("paper", "paper mode PPO")):
+        result = state.results.get(key)
+        if result is not None:
+            m = result.metrics
+            rows.append({"method": label, "return": m["policy/return"], "score": score(m["policy/return"]),
+                         "real_evals": m.get("mbrl/real_evals"), "wall_s": m.get("time/wall_s")})
+    fixed = {name: p for name, p in reference.policies.items() if name.startswith("fixed")}
+    best_fixed = max(fixed, key=lambda n: fixed[n]["return"]) if fixed else None
+    for name in ([best_fixed] if best_fixed else []) + ["random", "oracle"]:
+        if name in reference.policies:
+            value = reference.policies[name]["return"]
+            rows.append({"method": f"best fixed ({name})" if name == best_fixed else name, "return": value,
+                         "score": score(value), "real_evals": None, "wall_s": None})
+    return rows
+
+
 def print_summary(state: DemoState, total_s: float) -> None:
     from splitlab.platform.tracking import tracking_uri
 
     analysis = state.results.get("analysis")
     print("\n== summary ==")
     if analysis:
-        print(f"{'channel':<10} {'setting':<12} {'best k':>6} {'PPL':>8} {'paper-reward k':>15}")
+        print(f"split-point analysis ({analysis['grid']['model']}, clean perplexity "
+              f"{analysis['grid']['ppl_clean']:.2f}):")
+        print(f"  {'channel':<10} {'setting':<12} {'best k':>6} {'PPL':>8} {'paper-reward k':>15}")
         for s in analysis["summary"]:
-            print(f"{s['channel']:<10} {s['param'] + '=' + format(s['value'], 'g'):<12} {s['best_k']:>6} "
+            print(f"  {s['channel']:<10} {s['param'] + '=' + format(s['value'], 'g'):<12} {s['best_k']:>6} "
                   f"{s['best_ppl']:>8.2f} {s['paper_reward_best_k']!s:>15}")
-    print(f"plots and tables: {state.cfg.out}/")
+    surrogate = state.results.get("surrogate")
+    if surrogate:
+        print(f"surrogate: held-out MAE {surrogate['report'].mae:.3f}, R^2 {surrogate['report'].r2:.3f}")
+    rows = results_table(state)
+    if rows:
+        print("held-out channel traces (score: random = 0, oracle = 1):")
+        print(f"  {'method':<26} {'return':>9} {'score':>6} {'real LLM evals':>15} {'wall s':>7}")
+        for r in rows:
+            evals = "-" if r["real_evals"] is None else f"{r['real_evals']:.0f}"
+            wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
+            print(f"  {r['method']:<26} {r['return']:>9.2f} {r['score']:>6.3f} {evals:>15} {wall:>7}")
+    print(f"plots and tables: {state.cfg.out}/ (analysis/heatmap_*.png, train/*/k_vs_channel.png)")
     print(f"MLflow store: {tracking_uri(state.cfg.tracking_uri)}; open the UI with: make ui")
+    dyna = state.results.get("dyna")
+    if dyna is not None and dyna.files.get("policy"):
+        print(f"serve the trained policy: splitlab serve --model {state.cfg.model} "
+              f"--set policy_checkpoint={dyna.files['policy']}")
     print(f"total {total_s:.0f} s")

@@ -1,0 +1,219 @@
+"""Cost of serving: split inference through Ray Serve over HTTP vs in-process generation, on SmolLM2.
+
+This example starts the service on 127.0.0.1 (embedded Ray; one UE replica and two edge replicas, one
+per core, with one torch thread each; clean channel, link latency computed but not waited) and, in the
+same run and on the same wiki prompts, compares it with in-process generation (one torch thread):
+
+- per-token latency at concurrency 1 (request wall time / generated tokens, prefill included),
+  against transformers' unsplit ``model.generate`` and splitlab's in-process split ``generate``;
+- tokens per second with 8 concurrent clients, against the in-process runs one after another;
+
+each with the split fixed at k = 10 and with the policy choosing k. The policy reads a quality grid:
+``--grid grid.json`` (from ``splitlab analyze``), else the script measures a small one first
+(perplexity at k in {0, 5, 10, 15} x AWGN SNR in {0, 5, 10, 20, 30} dB on 512 wiki tokens); policy
+requests carry SNRs from 0 to 30 dB so that it picks different splits. Measurements alternate
+between in-process and served runs so that a change in machine load hits both.
+
+How to run:  .venv/bin/python benchmarks/serve_latency.py [--tokens 32] [--prompts 8] [--rounds 2] [--grid PATH]
+             [--edge-replicas 2]
+
+Results to expect: served per-token latency at concurrency 1 at most 1.5x the in-process unsplit
+generate (target), tokens/s at concurrency 8 at least 0.8x in-process sequential (target); the gap is
+about one Serve handle call per token (UE -> edge), reported as ``edge_hop_ms_per_token``. Writes
+benchmarks/results/serve_latency.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+SNRS = [0.0, 5.0, 10.0, 20.0, 30.0]
+
+
+def measure_grid(model, path: Path, ks=(0, 5, 10, 15), snrs=(0.0, 5.0, 10.0, 20.0, 30.0)) -> dict:
+    """A small measured perplexity grid (AWGN) in ``grid.json`` format, for the policy's rule."""
+    import numpy as np
+
+    from splitlab.channel import Channel, ChannelConfig
+    from splitlab.llm.corpora import token_windows
+    from splitlab.llm.evaluation import perplexity, perplexity_grid
+
+    windows = token_windows(model.tokenizer, "wiki", 512, 128)
+    points = {(k, s): (k, Channel(ChannelConfig(kind="awgn", snr_db=s)).as_corruption(np.random.default_rng(0)))
+              for k in ks for s in snrs}
+    start = time.perf_counter()
+    ppl = perplexity_grid(model, windows, points)
+    clean = perplexity(model, windows, 0)
+    grid = {"model": "smollm2", "num_layers": model.num_layers, "hidden_size": model.hidden_size, "corpus": "wiki",
+            "tokens": int(windows.numel()), "ppl_clean": clean,
+            "rows": [{"k": k, "channel": "awgn", "param": "snr_db", "value": s, "ppl_mean": p, "seeds": 1}
+                     for (k, s), p in ppl.items()]}
+    path.write_text(json.dumps(grid))
+    return {"measured_in_s": round(time.perf_counter() - start, 1), "ppl_clean": clean,
+            "ppl": {f"k={k},snr={s:g}": round(p, 2) for (k, s), p in ppl.items()}}
+
+
+def prompts_from_wiki(tokenizer, n: int, length: int = 32) -> list[str]:
+    from splitlab.llm.corpora import token_windows
+
+    windows = token_windows(tokenizer, "wiki", 1024 + n * length, length)[-n:]  # past the grid's tokens
+    return [tokenizer.decode(w) for w in windows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts (and clients at concurrency 8)")
+    parser.add_argument("--rounds", type=int, default=2, help="repetitions of every measurement")
+    parser.add_argument("--k", type=int, default=10, help="the fixed split")
+    parser.add_argument("--grid", default=None, help="grid.json for the policy (default: measure a small one)")
+    parser.add_argument("--edge-replicas", type=int, default=2, help="edge replicas (default 2: one per core)")
+    args = parser.parse_args()
+
+    import requests
+    import torch
+
+    from splitlab.llm import SplitModel
+    from splitlab.llm.generation import generate
+    from splitlab.serve.config import ServeConfig
+    from splitlab.serve.local import start_local, stop_local
+
+    torch.set_num_threads(1)  # as each replica; with two threads a busy 2-core machine only gets slower
+    load_before = os.getloadavg()
+    model = SplitModel.load(args.model)
+    prompts = prompts_from_wiki(model.tokenizer, args.prompts)
+    ids = [model.tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+    workdir = Path(tempfile.mkdtemp(prefix="serve_latency_"))
+    grid_path, grid_info = (Path(args.grid), {"path": args.grid}) if args.grid else (workdir / "grid.json", None)
+    if grid_info is None:
+        print("measuring a small quality grid for the policy ...", flush=True)
+        grid_info = measure_grid(model, grid_path)
+
+    def hf_generate(i: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        out = model.model.generate(ids[i], max_new_tokens=args.tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+        return time.perf_counter() - start, out.shape[1] - ids[i].shape[1]
+
+    def split_generate(i: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        out = generate(model, ids[i], args.k, args.tokens, stop_at_eos=False)
+        return time.perf_counter() - start, len(out.token_ids)
+
+    config = ServeConfig(model=args.model, replica_cpus=0.5, edge_min_replicas=args.edge_replicas,
+                         edge_max_replicas=args.edge_replicas,
+                         policy_grid=str(grid_path), max_streams=max(16, args.prompts))
+    print("starting the service ...", flush=True)
+    t0 = time.perf_counter()
+    url = start_local(config, num_cpus=os.cpu_count() or 2)
+    startup_s = time.perf_counter() - t0
+    session = requests.Session()
+
+    def served(i: int, policy: bool, http=session) -> tuple[float, int, dict]:
+        body = {"prompt": prompts[i], "max_tokens": args.tokens, "temperature": 0}
+        body.update({"snr_db": SNRS[i % len(SNRS)]} if policy else {"split": args.k})
+        start = time.perf_counter()
+        r = http.post(url + "/v1/completions", json=body, timeout=600)
+        wall = time.perf_counter() - start
+        r.raise_for_status()
+        out = r.json()
+        return wall, out["usage"]["completion_tokens"], out["split"]
+
+    try:
+        for i in range(2):  # warm-up: first calls pay for lazy initialisation on both sides
+            served(i, False), served(i, True), hf_generate(i), split_generate(i)
+
+        # ---------------------------------------------------------------- concurrency 1
+        rows = {"hf_generate": [], "split_generate": [], "serve_k": [], "serve_policy": []}
+        splits_k, splits_policy = [], []
+        for _ in range(args.rounds):
+            for i in range(len(prompts)):
+                rows["hf_generate"].append(hf_generate(i))
+                wall, n, split = served(i, False)
+                rows["serve_k"].append((wall, n))
+                splits_k.append(split)
+                rows["split_generate"].append(split_generate(i))
+                wall, n, split = served(i, True)
+                rows["serve_policy"].append((wall, n))
+                splits_policy.append(split)
+        per_token = {name: [w / n * 1000 for w, n in r] for name, r in rows.items()}
+        c1 = {name: {"median_ms": round(statistics.median(v), 2), "mean_ms": round(statistics.fmean(v), 2)}
+              for name, v in per_token.items()}
+
+        # ---------------------------------------------------------------- concurrency 8
+        def burst(policy: bool) -> tuple[float, int]:
+            sessions = [requests.Session() for _ in prompts]
+            start = time.perf_counter()
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                results = list(pool.map(lambda i: served(i, policy, sessions[i]), range(len(prompts))))
+            return time.perf_counter() - start, sum(n for _, n, _ in results)
+
+        c8_runs = {"serve_k": [], "serve_policy": []}
+        for _ in range(args.rounds):
+            c8_runs["serve_k"].append(burst(False))
+            c8_runs["serve_policy"].append(burst(True))
+        sequential = {name: sum(n for _, n in rows[name]) / sum(w for w, _ in rows[name])
+                      for name in ("hf_generate", "split_generate")}
+        c8 = {name: round(sum(n for _, n in runs) / sum(w for w, _ in runs), 2) for name, runs in c8_runs.items()}
+    finally:
+        stop_local()
+
+    def breakdown(splits: list[dict]) -> dict:
+        def per(key: str) -> float:
+            return statistics.fmean(s[key] for s in splits)
+
+        return {"ue_compute_s": round(per("ue_compute_s"), 4), "edge_compute_s": round(per("edge_compute_s"), 4),
+                "edge_wait_s": round(per("edge_wait_s"), 4), "link_latency_s": round(per("link_latency_s"), 6),
+                "bytes_up": per("bytes_up"), "bytes_down": per("bytes_down"),
+                "edge_rebuilds": sum(s["edge_rebuilds"] for s in splits)}
+
+    baseline = c1["hf_generate"]["median_ms"]
+    tightest = min(baseline, c1["split_generate"]["median_ms"])
+    hop_ms = statistics.fmean((s["edge_wait_s"] - s["edge_compute_s"]) / max(1, args.tokens) * 1000 for s in splits_k)
+    result = {
+        "model": args.model, "tokens_per_request": args.tokens, "prompts": len(prompts), "rounds": args.rounds,
+        "fixed_k": args.k, "torch_threads": 1, "cpus": os.cpu_count(), "ue_replicas": 1,
+        "edge_replicas": args.edge_replicas,
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "service_startup_s": round(startup_s, 1),
+        "concurrency_1_per_token": c1,
+        "concurrency_1_ratio_vs_hf_generate": {
+            "serve_k": round(c1["serve_k"]["median_ms"] / baseline, 3),
+            "serve_policy": round(c1["serve_policy"]["median_ms"] / baseline, 3)},
+        "concurrency_1_ratio_vs_split_generate": {
+            "serve_k": round(c1["serve_k"]["median_ms"] / c1["split_generate"]["median_ms"], 3),
+            "serve_policy": round(c1["serve_policy"]["median_ms"] / c1["split_generate"]["median_ms"], 3)},
+        "edge_hop_ms_per_token": round(hop_ms, 2),
+        "concurrency_8_tokens_per_s": c8,
+        "in_process_sequential_tokens_per_s": {k: round(v, 2) for k, v in sequential.items()},
+        "concurrency_8_ratio_vs_hf_generate": {k: round(v / sequential["hf_generate"], 3) for k, v in c8.items()},
+        "concurrency_8_ratio_vs_split_generate": {k: round(v / sequential["split_generate"], 3) for k, v in c8.items()},
+        "policy_k_chosen_by_snr_db": {f"{snr:g}": sorted({s["k"] for s in splits_policy if s["snr_db"] == snr})
+                                      for snr in SNRS},
+        "serve_k_breakdown_per_request": breakdown(splits_k),
+        "serve_policy_breakdown_per_request": breakdown(splits_policy),
+        "policy_grid": grid_info,
+        "targets": {"concurrency_1_ratio_max": 1.5, "concurrency_8_ratio_min": 0.8},
+    }
+    result["targets_met"] = {
+        "concurrency_1": all(v <= 1.5 for v in result["concurrency_1_ratio_vs_hf_generate"].values()),
+        "concurrency_8": all(v >= 0.8 for v in result["concurrency_8_ratio_vs_hf_generate"].values()),
+        "tightest_baseline_concurrency_1": all(c1[n]["median_ms"] / tightest <= 1.5 for n in ("serve_k", "serve_policy")),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The UE half: embeddings and layers 0..k-1, and the token loop of one request.
+
+The UE drives generation, as a device would: it runs the head over the prompt, sends the hidden
+state through the channel to the edge, receives one token id back, runs the head over that token,
+and so on. Its state for a request (KV cache, every activation sent, the channel's random stream)
+lives inside one streaming call, so UE replicas need no routing. It keeps what it sent, so that an
+edge that lost the request's cache can be brought back with one resend (``resend_from``).
+
+:func:`split_generate` is the loop itself, free of Ray, so tests can drive it against an in-process
+:class:`~splitlab.serve.edge.EdgeStore`; :class:`UEHalf` is the Serve deployment around it.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray.exceptions as rex
+import torch
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from splitlab.channel import transmit
+from splitlab.llm.generation import UESession
+from splitlab.llm.split_model import SplitModel
+from splitlab.serve.config import ServeConfig, model_facts
+from splitlab.serve.edge import EdgeMessage
+from splitlab.serve.profiles import TOKEN_ID_BITS, LinkChoice, request_rng, resolve_link
+from splitlab.serve.text import TextAssembler
+
+
+class EdgeUnavailable(RuntimeError):
+    """The edge could not be reached (replica died, restarting, overloaded); the step may be retried."""
+
+
+@dataclass
+class UERequest:
+    """What the ingress hands the UE for one request (already validated and tokenised)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    k: int
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    channel_profile: str | None = None
+    snr_db: float | None = None
+    stream: bool = True  # False: one event at the end (no per-token messages to the ingress)
+
+
+@dataclass
+class LinkStats:
+    """What crossed the link for one request, and where the time went."""
+
+    bytes_up: float = 0.0
+    bytes_down: float = 0.0
+    uplink_s: float = 0.0  # simulated air time UE -> edge
+    downlink_s: float = 0.0  # simulated air time edge -> UE
+    transmissions: int = 0  # UE -> edge sends, resends included
+    vectors_up: int = 0  # hidden vectors sent, resends included
+    resent_vectors: int = 0  # of which resends to rebuild an edge cache
+    rebuilds: int = 0  # edge caches rebuilt from the UE's history
+    edge_retries: int = 0  # sends retried because the edge was unreachable
+    ue_compute_s: float = 0.0
+    edge_wait_s: float = 0.0  # time waiting for the edge's answer (its compute + Serve hops)
+    edge_compute_s: float = 0.0  # the edge's own compute time (edge_wait_s minus this: the hops)
+
+    @property
+    def link_latency_s(self) -> float:
+        return self.uplink_s + self.downlink_s
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "link_latency_s": self.link_latency_s}
+
+
+EdgeStep = Callable[[str, EdgeMessage], Awaitable[dict]]
+Runner = Callable[..., Awaitable[Any]]
+
+
+async def _run_inline(fn, *args):
+    return fn(*args)
+
+
+async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, edge_step: EdgeStep, *,
+                         run: Runner = _run_inline, eos_ids: set[int] | None = None, wait_link: bool = False,
+                         retry_s: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+    """Generate across the split; yields ``{"text", "token_id"}`` per token, then one final event.
+
+    The final event is ``{"finish_reason": "stop" | "length", "text": rest, "completion_tokens", "link"}``.
+    ``edge_step(request_id, msg)`` sends one transmission to the edge; it raises :class:`EdgeUnavailable`
+    when the edge cannot be reached. ``run(fn, *args)`` runs model compute (a thread pool in a replica).
+    """
+    eos_ids = eos_ids if eos_ids is not None else _eos_ids(model)
+    session = UESession(model, req.k)
+    rng = request_rng(req.seed)
+    text = TextAssembler(model.tokenizer, req.stop, incremental=req.stream)
+    stats = LinkStats()
+
+    async def compute(fn, *args):
+        t0 = time.perf_counter()
+        out = await run(fn, *args)
+        stats.ue_compute_s += time.perf_counter() - t0
+        return out
+
+    async def exchange(hidden: torch.Tensor, start: int) -> int:
+        """Send positions start.. (hidden [1, T, H]); resend history while the edge asks; returns the token."""
+        deadline = time.monotonic() + retry_s
+        backoff = 0.1
+        while True:
+            if hidden.shape[1] > 1:  # a prompt or a resend: the digital link's bit flips take milliseconds
+                received, cost = await run(transmit, hidden, link.config, rng, link.snr_db)
+            else:  # one vector: well under a millisecond, less than a hop to the compute thread
+                received, cost = transmit(hidden, link.config, rng, link.snr_db)
+            stats.transmissions += 1
+            stats.vectors_up += hidden.shape[1]
+            stats.bytes_up += cost.payload_bytes
+            stats.uplink_s += cost.tx_time_s
+            if wait_link:
+                await asyncio.sleep(cost.tx_time_s)
+            msg = EdgeMessage(req.k, start, received, req.temperature, req.top_p, req.seed)
+            t0 = time.perf_counter()
+            try:
+                reply = await edge_step(req.request_id, msg)
+            except EdgeUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                stats.edge_retries += 1
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 2.0)
+                continue
+            finally:
+                stats.edge_wait_s += time.perf_counter() - t0
+            if "resend_from" in reply:
+                start = int(reply["resend_from"])
+                history = session.history()
+                hidden = history.hidden[:, start:]  # [1, T', H]
+                stats.rebuilds += 1
+                stats.resent_vectors += hidden.shape[1]
+                continue
+            stats.edge_compute_s += float(reply.get("compute_s", 0.0))
+            down = link.downlink_time_s(TOKEN_ID_BITS)
+            stats.bytes_down += TOKEN_ID_BITS / 8
+            stats.downlink_s += down
+            if wait_link:
+                await asyncio.sleep(down)
+            return int(reply["token"])
+
+    ids = torch.tensor([req.prompt_ids], dtype=torch.long)  # [1, T]
+    act = await compute(session.prefill, ids)
+    start, finish = 0, "length"
+    for i in range(req.max_tokens):
+        token = await exchange(act.hidden, start)
+        delta = text.add(token)
+        if token in eos_ids or text.stopped:
+            finish = "stop"
+            if delta:
+                yield {"text": delta, "token_id": token}
+            break
+        yield {"text": delta, "token_id": token}
+        if i + 1 < req.max_tokens:
+            start = session.length
+            act = await compute(session.step, token)
+    yield {"finish_reason": finish, "text": text.flush(), "completion_tokens": len(text.token_ids),
+           "link": stats.as_dict()}
+
+
+def _eos_ids(model: SplitModel) -> set[int]:
+    ids = {model.tokenizer.eos_token_id, *_as_list(getattr(model.model.config, "eos_token_id", None))}
+    return {int(i) for i in ids if i is not None}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+@serve.deployment(name="UEHalf")
+class UEHalf:
+    """Serve deployment of the UE half; ``generate`` streams one request's tokens."""
+
+    def __init__(self, config: dict, edge):
+        torch.set_num_threads(1)
+        self.config = ServeConfig.from_dict(config)
+        _, max_split = self.config.split_range(model_facts(self.config.model).num_layers)
+        self.model = SplitModel.load(self.config.model, part="ue", k=max_split)
+        self.eos_ids = _eos_ids(self.model)
+        self.edge = edge
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ue")
+        self.active: set[str] = set()
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _edge_step(self, request_id: str, msg: EdgeMessage) -> dict:
+        try:
+            return await self.edge.options(multiplexed_model_id=request_id).step.remote(msg)
+        except (rex.RayActorError, rex.ActorUnavailableError, BackPressureError, DeploymentUnavailableError) as err:
+            raise EdgeUnavailable(str(err)) from err
+
+    async def generate(self, request: dict) -> AsyncIterator[dict]:
+        """Stream one request: see :func:`split_generate` for the events."""
+        req = UERequest(**request)
+        link = resolve_link(req.channel_profile, req.snr_db, self.config.default_profile)
+        self.active.add(req.request_id)
+        text = []
+        try:
+            async for event in split_generate(self.model, req, link, self._edge_step, run=self._run,
+                                              eos_ids=self.eos_ids, wait_link=self.config.wait_link,
+                                              retry_s=self.config.edge_retry_s):
+                if req.stream:
+                    yield event
+                elif "finish_reason" in event:
+                    yield {**event, "text": "".join(text) + event["text"]}
+                else:
+                    text.append(event["text"])
+        finally:
+            # Also on cancellation (client gone): free the edge's cache now rather than at its TTL.
+            self.active.discard(req.request_id)
+            self.edge.options(multiplexed_model_id=req.request_id).release.remote(req.request_id)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"active": len(self.active), "max_split": self.model.part_k, "num_layers": self.model.num_layers}
+
+    def __del__(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)

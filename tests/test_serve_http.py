@@ -1,0 +1,267 @@
+"""The service end to end over HTTP: one embedded Ray on 127.0.0.1 for the module, tiny-llama with two
+edge replicas, and SmolLM2 as a second application.
+
+Split output must equal the in-process unsplit greedy output on a clean channel; bad input gets a 4xx
+naming the field while others are served; 32 concurrent requests are all right; caches are freed when
+a client leaves; killing the edge replicas mid-request costs a cache rebuild, not the request.
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+
+from splitlab.llm import SplitModel
+from splitlab.serve.config import ServeConfig
+from splitlab.serve.local import APP_NAME, deploy, start_local, stop_local
+
+TINY = ServeConfig(model="tiny-llama", max_split=3, replica_cpus=0.25, edge_min_replicas=2, edge_max_replicas=2,
+                   max_context=256, max_tokens_limit=128, health_check_period_s=1.0, edge_retry_s=90.0)
+PROMPTS = ["The quick brown fox", "Once upon a time", "Wireless links are", "Split inference means",
+           "Hello", "A B C D E F", "Edge servers", "Numbers: 1 2 3"]
+
+
+@pytest.fixture(scope="module")
+def service():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the references below; replicas set their own
+    url = start_local(TINY, num_cpus=2)
+    try:
+        yield url
+    finally:
+        stop_local()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_full() -> SplitModel:
+    return SplitModel.load("tiny-llama")
+
+
+def reference(model: SplitModel, ids: list[int], n: int) -> tuple[str, int, str]:
+    """In-process unsplit greedy decoding: (text, tokens generated, finish reason)."""
+    out = model.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=0,
+                               eos_token_id=model.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    finish = "stop" if out and out[-1] == model.tokenizer.eos_token_id else "length"
+    return model.tokenizer.decode(out, skip_special_tokens=True), len(out), finish
+
+
+def post(url: str, path: str, body, **kw) -> requests.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(url + path, data=data, headers={"Content-Type": "application/json"}, timeout=120, **kw)
+
+
+def sse(response: requests.Response) -> list:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith(b"data: "):
+            payload = line[len(b"data: "):]
+            events.append("[DONE]" if payload == b"[DONE]" else json.loads(payload))
+    return events
+
+
+# ---------------------------------------------------------------------- correctness
+def test_completions_equal_unsplit_greedy_output_at_every_split(service, tiny_full):
+    ids = tiny_full.tokenizer(PROMPTS[0]).input_ids
+    text, n, finish = reference(tiny_full, ids, 12)
+    for k in (0, 1, 3):
+        r = post(service, "/v1/completions", {"model": "tiny-llama", "prompt": PROMPTS[0], "max_tokens": 12,
+                                              "temperature": 0, "split": k})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "text_completion"
+        assert body["choices"][0]["text"] == text and body["choices"][0]["finish_reason"] == finish
+        assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
+        split = body["split"]
+        assert split["k"] == k and split["chosen_by"] == "request" and split["channel_profile"] == "clean"
+        # fp16 on the wire: 64 elements x 2 bytes per hidden vector, one vector per prompt token and per step.
+        assert split["vectors_up"] == len(ids) + n - 1 and split["bytes_up"] == 128 * split["vectors_up"]
+        assert split["bytes_down"] == 4 * n and split["link_latency_s"] > 0
+
+
+def test_policy_picks_k_when_the_request_does_not(service):
+    r = post(service, "/v1/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0, "snr_db": 7.5})
+    split = r.json()["split"]
+    assert (split["chosen_by"], split["rule"], split["k"]) == ("policy", "fixed", 1)
+    assert (split["channel_profile"], split["channel_kind"], split["snr_db"]) == ("good", "awgn", 7.5)
+
+
+def test_chat_uses_the_chat_template_and_streams(service, tiny_full):
+    messages = [{"role": "user", "content": "What is split inference?"}]
+    ids = tiny_full.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"]
+    text, n, _ = reference(tiny_full, list(ids), 10)
+    body = post(service, "/v1/chat/completions", {"messages": messages, "max_tokens": 10, "temperature": 0}).json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"] == {"role": "assistant", "content": text}
+    assert body["usage"]["prompt_tokens"] == len(ids)
+    r = post(service, "/v1/chat/completions", {"messages": messages, "max_tokens": 10, "temperature": 0,
+                                              "stream": True}, stream=True)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r)
+    assert events[-1] == "[DONE]" and events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == text
+    assert events[-2]["choices"][0]["finish_reason"] in ("stop", "length") and events[-2]["usage"]["completion_tokens"] == n
+
+
+def test_completion_stream_matches_the_whole_response_and_stops_at_stop(service, tiny_full):
+    body = {"prompt": PROMPTS[1], "max_tokens": 16, "temperature": 0, "split": 2, "channel_profile": "poor",
+            "seed": 11}
+    whole = post(service, "/v1/completions", body).json()
+    events = sse(post(service, "/v1/completions", {**body, "stream": True}, stream=True))
+    streamed = "".join(e["choices"][0]["text"] for e in events[:-1])
+    assert streamed == whole["choices"][0]["text"]  # same seed: the same channel noise
+    assert events[-2]["split"]["bytes_up"] == whole["split"]["bytes_up"]
+    text = whole["choices"][0]["text"]
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = post(service, "/v1/completions", {**body, "stop": [stop]}).json()
+    assert cut["choices"][0]["text"] == text[:text.index(stop)] and cut["choices"][0]["finish_reason"] == "stop"
+
+
+# ---------------------------------------------------------------------- bad input
+BAD = [
+    (b"{not json", None),
+    (b'{"prompt": "caf\xe9"}', None),  # latin-1 byte: not UTF-8
+    (b'{"max_tokens": 4}', "prompt"),
+    (b'{"prompt": ""}', "prompt"),
+    (b'{"prompt": {"text": "hi"}}', "prompt"),
+    (b'{"prompt": "hi", "max_tokens": "many"}', "max_tokens"),
+    (b'{"prompt": "hi", "max_tokens": 0}', "max_tokens"),
+    (b'{"prompt": "hi", "max_tokens": 129}', "max_tokens"),
+    (b'{"prompt": "hi", "temperature": [1]}', "temperature"),
+    (b'{"prompt": "hi", "split": 4}', "split"),
+    (b'{"prompt": "hi", "channel_profile": "5g-moon"}', "channel_profile"),
+    (b'{"prompt": "hi", "snr_db": NaN}', "snr_db"),
+    (("{\"prompt\": \"" + "word " * 300 + "\"}").encode(), "prompt"),  # longer than the 256-token context
+    (b'{"prompt": "hi", "max_tokens": 100, "model": "other"}', "model"),
+]
+
+
+def test_bad_input_gets_a_4xx_naming_the_field_and_the_service_keeps_serving(service):
+    for raw, param in BAD:
+        r = post(service, "/v1/completions", raw)
+        assert 400 <= r.status_code < 500, (raw[:60], r.status_code, r.text)
+        error = r.json()["error"]
+        assert error["param"] == param, (raw[:60], error)
+        if param:
+            assert param in error["message"]
+    r = post(service, "/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+    assert post(service, "/v1/completions", {"prompt": "still here", "max_tokens": 2}).status_code == 200
+
+
+def test_models_and_health(service):
+    assert requests.get(service + "/healthz", timeout=30).json()["status"] == "ok"
+    model = requests.get(service + "/v1/models", timeout=30).json()["data"][0]
+    assert model["id"] == "tiny-llama" and model["split_range"] == [0, 3] and "poor" in model["channel_profiles"]
+
+
+# ---------------------------------------------------------------------- load, leaks, failures
+def _edge_holds(request_id: str) -> bool:
+    from ray import serve
+
+    edge = serve.get_deployment_handle("EdgeHalf", APP_NAME)
+    return edge.options(multiplexed_model_id=request_id).stats.remote(request_id).result()["holds"]
+
+
+def test_32_concurrent_requests_are_all_answered_correctly(service, tiny_full):
+    jobs = [(PROMPTS[i % len(PROMPTS)], i % 4, 6 + i % 5) for i in range(32)]
+    expected = {(p, n): reference(tiny_full, tiny_full.tokenizer(p).input_ids, n) for p, _, n in jobs}
+
+    def one(job):
+        prompt, k, n = job
+        return post(service, "/v1/completions", {"prompt": prompt, "max_tokens": n, "temperature": 0, "split": k})
+
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(one, jobs))
+    for (prompt, k, n), r in zip(jobs, responses):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["text"] == expected[prompt, n][0], (prompt, k, n)
+        assert body["split"]["k"] == k
+    # Every request freed its edge cache when it ended.
+    time.sleep(0.5)
+    assert not any(_edge_holds(r.json()["id"].split("-", 1)[1]) for r in responses[:8])
+
+
+def test_a_client_that_leaves_mid_stream_frees_both_caches(service):
+    from ray import serve
+
+    r = post(service, "/v1/completions", {"prompt": "Keep going", "max_tokens": 128, "temperature": 0,
+                                          "stream": True}, stream=True)
+    lines = r.iter_lines()
+    first = next(line for line in lines if line.startswith(b"data: "))
+    request_id = json.loads(first[6:])["id"].split("-", 1)[1]
+    r.close()  # the client disconnects
+    ue = serve.get_deployment_handle("UEHalf", APP_NAME)
+    deadline = time.time() + 30
+    while time.time() < deadline and (ue.stats.remote().result()["active"] or _edge_holds(request_id)):
+        time.sleep(0.2)
+    assert ue.stats.remote().result()["active"] == 0 and not _edge_holds(request_id)
+
+
+def test_killing_the_edge_replicas_mid_request_costs_a_rebuild_not_the_request(service, tiny_full):
+    import ray
+
+    ids = tiny_full.tokenizer(PROMPTS[2]).input_ids
+    text, n, _ = reference(tiny_full, ids, 100)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: sse(post(service, "/v1/completions", {
+            "prompt": PROMPTS[2], "max_tokens": 100, "temperature": 0, "split": 1, "stream": True}, stream=True)))
+        time.sleep(1.0)
+        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#EdgeHalf#")]
+        assert len(replicas) == 2
+        for actor in replicas:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+        events = future.result(timeout=180)
+    assert events[-1] == "[DONE]" and "error" not in events[-2], events[-2]
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == text
+    # The step in flight either failed and was retried by the UE, or waited in Serve's router for a
+    # new replica; either way the new replica lacked the cache and rebuilt it.
+    assert events[-2]["split"]["edge_rebuilds"] >= 1
+    # Serve replaced the replicas; new requests succeed.
+    r = post(service, "/v1/completions", {"prompt": "after", "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------------- the real model
+def test_smollm2_end_to_end(service, smollm2: SplitModel):
+    from ray import serve
+
+    deploy(ServeConfig(model="smollm2", replica_cpus=0.25, edge_max_replicas=1), "smol", "/smol")
+    try:
+        prompt = "The capital of France is"
+        ids = smollm2.tokenizer(prompt).input_ids
+        text, n, finish = reference(smollm2, ids, 8)
+        r = post(service, "/smol/v1/completions", {"model": "smollm2", "prompt": prompt, "max_tokens": 8,
+                                                   "temperature": 0, "split": 10})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["text"] == text and body["usage"]["completion_tokens"] == n
+        assert body["split"]["bytes_up"] == 576 * 2 * (len(ids) + n - 1)
+    finally:
+        serve.delete("smol")
+
+
+@pytest.mark.slow
+def test_request_metrics_reach_rays_prometheus_endpoint(service):
+    import re
+
+    import ray
+
+    post(service, "/v1/completions", {"prompt": "metrics", "max_tokens": 3, "channel_profile": "fair"})
+    post(service, "/v1/completions", {"prompt": ""})
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = {"ray_splitlab_requests_total", "ray_splitlab_split_k_bucket", "ray_splitlab_link_bytes_up_total",
+              "ray_splitlab_link_latency_s_bucket", "ray_splitlab_requests_rejected_total"}
+    found: set[str] = set()
+    deadline = time.time() + 60  # metrics are exported every few seconds
+    while time.time() < deadline and not wanted <= found:
+        time.sleep(3)
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        found = set(re.findall(r"^(ray_splitlab_\w+)", text, re.M))
+    assert wanted <= found, sorted(found)

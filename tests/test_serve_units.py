@@ -1,0 +1,322 @@
+"""The serving pieces without Ray: config, request checks, text assembly, policy rules, and the token
+loop between a UE and an in-process edge (soft-state cache rebuilds, retries, eviction)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from splitlab.envs.quality_grid import QualityGrid
+from splitlab.llm import SplitModel
+from splitlab.llm.generation import generate
+from splitlab.serve.config import ServeConfig
+from splitlab.serve.edge import EdgeMessage, EdgeStore
+from splitlab.serve.policy import FixedRule, GridRule, load_rllib_rule, make_rule
+from splitlab.serve.profiles import CHANNEL_PROFILES, resolve_link
+from splitlab.serve.protocol import Limits, RequestError, check_context, parse_body, parse_chat, parse_completion
+from splitlab.serve.text import TextAssembler
+from splitlab.serve.ue import EdgeUnavailable, UERequest, split_generate
+
+LIMITS = Limits("tiny-llama", 0, 2, 64, 128)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # As in a replica; with two threads on a busy 2-core machine tiny models crawl.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------- config
+def test_config_takes_serve_run_strings_and_names_bad_keys():
+    cfg = ServeConfig.from_dict({"model": "tiny-llama", "max_split": "3", "wait_link": "true", "w_c": "0.5",
+                                 "policy_grid": "none"})
+    assert (cfg.max_split, cfg.wait_link, cfg.w_c, cfg.policy_grid) == (3, True, 0.5, None)
+    with pytest.raises(ValueError, match="unknown serve config keys \\['max_splt'\\]"):
+        ServeConfig.from_dict({"max_splt": 3})
+    with pytest.raises(ValueError, match="max_split must be an integer"):
+        ServeConfig.from_dict({"max_split": "ten"})
+    with pytest.raises(ValueError, match="default_profile must be one of"):
+        ServeConfig(default_profile="lunar")
+    with pytest.raises(ValueError, match="max_split \\(1\\) must be >= min_split \\(2\\)"):
+        ServeConfig(min_split=2, max_split=1)
+
+
+def test_split_range_defaults_to_half_the_layers_and_fixed_split_to_a_third():
+    cfg = ServeConfig()
+    assert cfg.split_range(30) == (0, 15) and cfg.fixed_split(30) == 10
+    with pytest.raises(ValueError, match="max_split must be <= the model's 4 layers"):
+        ServeConfig(max_split=5).split_range(4)
+    with pytest.raises(ValueError, match="default_split must be in \\[0, 2\\]"):
+        ServeConfig(default_split=3).fixed_split(4)
+
+
+# ---------------------------------------------------------------------- request checks
+BAD_BODIES = [
+    # (raw body, param named, status)
+    (b"{not json", None, 400),
+    (b"\xff\xfe{}", None, 400),
+    (b"[1, 2]", None, 400),
+    (b"", None, 400),
+    (b'{"max_tokens": 4}', "prompt", 400),
+    (b'{"prompt": ""}', "prompt", 400),
+    (b'{"prompt": 42}', "prompt", 400),
+    (b'{"prompt": ["a", "b"]}', "prompt", 400),
+    (b'{"prompt": "\\ud800"}', "prompt", 400),
+    (b'{"prompt": "hi", "max_tokens": 0}', "max_tokens", 400),
+    (b'{"prompt": "hi", "max_tokens": 65}', "max_tokens", 400),
+    (b'{"prompt": "hi", "max_tokens": "8"}', "max_tokens", 400),
+    (b'{"prompt": "hi", "max_tokens": 8.0}', "max_tokens", 400),
+    (b'{"prompt": "hi", "max_tokens": true}', "max_tokens", 400),
+    (b'{"prompt": "hi", "temperature": -1}', "temperature", 400),
+    (b'{"prompt": "hi", "temperature": "hot"}', "temperature", 400),
+    (b'{"prompt": "hi", "top_p": 0}', "top_p", 400),
+    (b'{"prompt": "hi", "stream": "yes"}', "stream", 400),
+    (b'{"prompt": "hi", "stop": [1]}', "stop", 400),
+    (b'{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}', "stop", 400),
+    (b'{"prompt": "hi", "split": 3}', "split", 400),
+    (b'{"prompt": "hi", "split": -1}', "split", 400),
+    (b'{"prompt": "hi", "split": "2"}', "split", 400),
+    (b'{"prompt": "hi", "channel_profile": "lunar"}', "channel_profile", 400),
+    (b'{"prompt": "hi", "snr_db": NaN}', "snr_db", 400),
+    (b'{"prompt": "hi", "snr_db": Infinity}', "snr_db", 400),
+    (b'{"prompt": "hi", "snr_db": 500}', "snr_db", 400),
+    (b'{"prompt": "hi", "snr_db": "10"}', "snr_db", 400),
+    (b'{"prompt": "hi", "n": 2}', "n", 400),
+    (b'{"prompt": "hi", "echo": true}', "echo", 400),
+    (b'{"prompt": "hi", "seed": 1.5}', "seed", 400),
+    (b'{"prompt": "hi", "model": "gpt-4"}', "model", 404),
+]
+
+
+@pytest.mark.parametrize("raw,param,status", BAD_BODIES)
+def test_bad_completion_bodies_name_the_field(raw, param, status):
+    with pytest.raises(RequestError) as info:
+        parse_completion(parse_body(raw), LIMITS)
+    err = info.value
+    assert (err.param, err.status) == (param, status), err.message
+    if param:
+        assert param in err.message
+    body = err.body()["error"]
+    assert body["param"] == param and body["message"] == err.message
+
+
+@pytest.mark.parametrize("messages,param", [
+    (None, "messages"), ([], "messages"), ("hi", "messages"), ([{"role": "robot", "content": "x"}], "messages[0].role"),
+    ([{"role": "user", "content": 3}], "messages[0].content"), ([{"role": "user", "content": ""}], "messages"),
+    ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content"),
+])
+def test_bad_chat_bodies_name_the_field(messages, param):
+    with pytest.raises(RequestError) as info:
+        parse_chat({"messages": messages}, LIMITS)
+    assert info.value.param == param
+
+
+def test_good_requests_parse_with_openai_defaults():
+    req = parse_completion({"prompt": ["hi"], "stop": "\n", "snr_db": 10, "split": 2, "model": "tiny-llama"}, LIMITS)
+    assert (req.prompt, req.max_tokens, req.temperature, req.top_p, req.stop, req.stream) == ("hi", 16, 1.0, 1.0, ["\n"], False)
+    assert (req.snr_db, req.split) == (10.0, 2)
+    chat = parse_chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                       "max_completion_tokens": 5}, LIMITS)
+    assert chat.messages == [{"role": "user", "content": "hi"}] and chat.max_tokens == 5
+    with pytest.raises(RequestError, match="exceeds the context of 128 tokens") as info:
+        check_context(120, req, LIMITS)
+    assert info.value.param == "prompt"
+
+
+def test_link_resolution():
+    assert resolve_link(None, None, "clean").config.kind == "clean"
+    only_snr = resolve_link(None, 3.0, "clean")
+    assert (only_snr.profile, only_snr.config.kind, only_snr.snr_db) == ("good", "awgn", 3.0)
+    poor = resolve_link("poor", None, "clean")
+    assert poor.config.fading == "rayleigh" and poor.snr_db == CHANNEL_PROFILES["poor"].snr_db
+    assert resolve_link("digital-qpsk", 10.0, "clean").downlink_time_s() == pytest.approx(32 / 40e6)
+
+
+# ---------------------------------------------------------------------- text
+def test_text_assembler_stops_at_a_stop_sequence_split_over_tokens(tiny_llama: SplitModel):
+    tok = tiny_llama.tokenizer
+    ids = tok("Hello world. Bye now").input_ids
+    text = TextAssembler(tok, stop=["d. B"])
+    deltas = [text.add(i) for i in ids]
+    out = "".join(deltas) + text.flush()
+    assert out == "Hello worl" and text.stopped
+    # Nothing of a possible stop sequence leaks before it is decided.
+    plain = TextAssembler(tok, stop=["zzz"])
+    assert "".join(plain.add(i) for i in ids) + plain.flush() == tok.decode(ids)
+
+
+# ---------------------------------------------------------------------- policy
+def _grid(num_layers: int = 4) -> QualityGrid:
+    # Early splits suffer at low SNR; at 30 dB every k is as good as clean.
+    ks, snrs = [0, 1, 2, 3], [0.0, 10.0, 30.0]
+    ppl = [[80.0, 30.0, 10.0], [40.0, 15.0, 10.0], [20.0, 12.0, 10.0], [11.0, 10.5, 10.0]]
+    rows = [{"k": k, "channel": "awgn", "param": "snr_db", "value": s, "ppl_mean": ppl[i][j]}
+            for i, k in enumerate(ks) for j, s in enumerate(snrs)]
+    return QualityGrid.from_dict({"model": "tiny-llama", "num_layers": num_layers, "hidden_size": 64,
+                                  "ppl_clean": 10.0, "rows": rows})
+
+
+def test_grid_rule_trades_quality_against_ue_layers(tmp_path):
+    rule = GridRule(_grid(), low=0, high=3, num_layers=4, w_q=1.0, w_c=0.1)
+    assert rule({"snr_db": 30.0, "kind": "awgn"}) == 0  # clean enough: fewest UE layers
+    assert rule({"snr_db": 0.0, "kind": "awgn"}) == 3  # noisy: the robust deep split
+    assert rule({"snr_db": 0.0, "kind": "clean"}) == 0  # a clean channel corrupts nothing
+    assert GridRule(_grid(), low=0, high=2, num_layers=4)({"snr_db": 0.0}) == 2  # limited to the range
+    path = tmp_path / "grid.json"
+    rows = [{"k": int(k), "channel": "awgn", "param": "snr_db", "value": float(v), "ppl_mean": float(p)}
+            for k, row in zip(_grid().ks, _grid().ppl) for v, p in zip(_grid().values, row)]
+    path.write_text(json.dumps({"model": "tiny-llama", "num_layers": 4, "hidden_size": 64, "ppl_clean": 10.0,
+                                "rows": rows}))
+    cfg = ServeConfig(model="tiny-llama", max_split=3, policy_grid=str(path))
+    assert make_rule(cfg, 4).name == "grid"
+    assert isinstance(make_rule(ServeConfig(model="tiny-llama"), 4), FixedRule)
+
+
+def test_rllib_checkpoint_rule_loads_a_module_and_checks_its_spaces(tmp_path):
+    import gymnasium as gym
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    spec = RLModuleSpec(module_class=DefaultPPOTorchRLModule,
+                        observation_space=gym.spaces.Box(-np.inf, np.inf, (5,), np.float32),
+                        action_space=gym.spaces.Discrete(3), model_config={"fcnet_hiddens": [8]})
+    spec.build().save_to_path(tmp_path / "module")
+    rule = load_rllib_rule(tmp_path / "module", [0, 1, 2], num_layers=4)
+    assert rule({"snr_db": 7.0}) in (0, 1, 2) and rule.name == "rllib"
+    with pytest.raises(ValueError, match="has 3 actions but the service offers 4"):
+        load_rllib_rule(tmp_path / "module", [0, 1, 2, 3], num_layers=4)
+    with pytest.raises(FileNotFoundError, match="holds no RLModule"):
+        load_rllib_rule(tmp_path, [0, 1, 2], num_layers=4)
+
+
+# ---------------------------------------------------------------------- the token loop
+def test_ue_half_runs_any_smaller_split_and_edge_half_any_larger(tiny_llama: SplitModel):
+    full = tiny_llama
+    ue, edge = SplitModel.load("tiny-llama", part="ue", k=3), SplitModel.load("tiny-llama", part="edge", k=1)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for k in (1, 2, 3):
+        torch.testing.assert_close(edge.tail(ue.head(ids, k), k), full.logits(ids), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="loaded for k=3 \\(k <= 3\\)"):
+        ue.head(ids, 4)
+    with pytest.raises(ValueError, match="loaded for k=1 \\(k >= 1\\)"):
+        edge.tail(ue.head(ids, 0), 0)
+
+
+class LocalEdge:
+    """An in-process edge replica; ``drop_at`` forgets caches to act like a restarted replica."""
+
+    def __init__(self, model, drop_at=(), fail_at=(), **kw):
+        self.store = EdgeStore(model, **kw)
+        self.calls, self.drop_at, self.fail_at = 0, set(drop_at), set(fail_at)
+
+    async def step(self, request_id: str, msg: EdgeMessage) -> dict:
+        self.calls += 1
+        if self.calls in self.fail_at:
+            raise EdgeUnavailable("replica died")
+        if self.calls in self.drop_at:
+            self.store.sessions.clear()
+        return self.store.step(request_id, msg)
+
+
+def _run(model, req, edge, profile="clean", snr=None, **kw):
+    async def collect():
+        return [e async for e in split_generate(model, req, resolve_link(profile, snr, "clean"), edge.step, **kw)]
+
+    events = asyncio.run(collect())
+    tokens = [e["token_id"] for e in events[:-1]]
+    return tokens, events[-1]
+
+
+def test_split_loop_matches_in_process_generation_and_rebuilds_lost_edge_caches(tiny_llama: SplitModel):
+    ids = tiny_llama.tokenizer("The quick brown fox").input_ids
+    reference = generate(tiny_llama, torch.tensor([ids]), 2, max_new_tokens=12, stop_at_eos=False).token_ids
+    req = UERequest("r1", ids, k=2, max_tokens=12)
+    eos = set()  # the random model may emit its eos token; compare all 12
+    tokens, final = _run(tiny_llama, req, LocalEdge(tiny_llama), eos_ids=eos)
+    assert tokens == reference and final["finish_reason"] == "length" and final["completion_tokens"] == 12
+    link = final["link"]
+    assert link["vectors_up"] == len(ids) + 11 and link["rebuilds"] == 0 and link["bytes_down"] == 12 * 4
+    assert link["bytes_up"] > 0 and link["link_latency_s"] > 0
+
+    # The edge loses the cache twice (restart, rerouting): each time one resend from position 0.
+    edge = LocalEdge(tiny_llama, drop_at={4, 9})
+    tokens, final = _run(tiny_llama, UERequest("r2", ids, k=2, max_tokens=12), edge, eos_ids=eos)
+    assert tokens == reference and final["link"]["rebuilds"] == 2
+    assert edge.store.sessions["r2"].session.seen == len(ids) + 11
+
+    # An unreachable edge is retried; the retry lands on an edge without the cache and rebuilds.
+    edge = LocalEdge(tiny_llama, drop_at={6}, fail_at={5})
+    tokens, final = _run(tiny_llama, UERequest("r3", ids, k=2, max_tokens=12), edge, eos_ids=eos, retry_s=5)
+    assert tokens == reference and final["link"]["edge_retries"] == 1 and final["link"]["rebuilds"] == 1
+
+
+def test_edge_asks_only_for_what_it_lacks_and_bounds_its_caches(tiny_llama: SplitModel):
+    store = EdgeStore(tiny_llama, max_sessions=2, ttl_s=60)
+    h = torch.zeros(1, 3, 64)
+    assert "token" in store.step("a", EdgeMessage(1, 0, h))
+    assert store.step("a", EdgeMessage(1, 5, h[:, :1])) == {"resend_from": 3}  # positions 3, 4 missing
+    assert store.step("new", EdgeMessage(1, 7, h[:, :1])) == {"resend_from": 0}
+    store.step("b", EdgeMessage(1, 0, h))
+    store.step("c", EdgeMessage(1, 0, h))
+    assert list(store.sessions) == ["b", "c"]  # "a" evicted, least recently used
+    assert store.release("b") and not store.release("b")
+    store.ttl_s = 0.0
+    store.sweep()
+    assert not store.sessions
+
+
+def test_sampled_and_noisy_generation_is_seeded_and_stops_at_stop_text(tiny_llama: SplitModel):
+    ids = tiny_llama.tokenizer("Once upon a time").input_ids
+    req = UERequest("s", ids, k=1, max_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+    a, _ = _run(tiny_llama, req, LocalEdge(tiny_llama), profile="poor")
+    b, final = _run(tiny_llama, req, LocalEdge(tiny_llama), profile="poor")
+    assert a == b  # same seed -> same channel noise and the same samples
+    assert math.isfinite(final["link"]["link_latency_s"])
+    # Sampling is seeded by position, so on a clean link a rebuilt edge samples what the original would.
+    clean, _ = _run(tiny_llama, req, LocalEdge(tiny_llama))
+    rebuilt, final = _run(tiny_llama, req, LocalEdge(tiny_llama, drop_at={3}))
+    assert clean == rebuilt and final["link"]["rebuilds"] == 1
+    text = tiny_llama.tokenizer.decode(clean, skip_special_tokens=True)
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert stop
+    events = asyncio.run(_collect(tiny_llama, UERequest("t", ids, k=1, max_tokens=10, temperature=1.0, top_p=0.9,
+                                                        seed=7, stop=[stop])))
+    assert events[-1]["finish_reason"] == "stop"
+    assert "".join(e["text"] for e in events) == text[:text.index(stop)]
+
+
+async def _collect(model, req):
+    return [e async for e in split_generate(model, req, resolve_link("clean", None, "clean"), LocalEdge(model).step)]
+
+
+def test_serve_config_file_is_a_valid_serve_deploy_config():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(raw)
+    app = schema.applications[0]
+    assert app.import_path == "splitlab.serve.app:build"
+    assert {d.name for d in app.deployments} <= {"SplitIngress", "SplitPolicy", "UEHalf", "EdgeHalf"}
+    ServeConfig.from_dict(app.args)
+
+
+def test_app_builder_takes_serve_run_args_and_checks_them_against_the_model():
+    from ray.serve import Application
+
+    from splitlab.serve.app import build
+
+    assert isinstance(build({"model": "tiny-llama", "max_split": "2", "wait_link": "true"}), Application)
+    with pytest.raises(ValueError, match="max_split must be <= the model's 4 layers"):
+        build({"model": "tiny-llama", "max_split": "9"})
+    with pytest.raises(ValueError, match="unknown serve config keys"):
+        build({"modle": "tiny-llama"})
