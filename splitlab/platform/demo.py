@@ -36,6 +36,7 @@ class DemoState:
 
 
 Stage = tuple[str, Callable[[DemoState], None]]
+SMOLLM2_LAYERS = 30
 
 
 def stage_analysis(state: DemoState) -> None:
@@ -45,7 +46,7 @@ def stage_analysis(state: DemoState) -> None:
     quick = cfg.quick
     analysis = AnalysisConfig(
         model=cfg.model, tokens=256 if quick else 512, window=128 if cfg.model == "smollm2" else 64,
-        splits=None if cfg.model != "smollm2" else list(range(0, 31, 6 if quick else 3)),
+        splits=[0, *_candidate_ks(SMOLLM2_LAYERS, quick)] if cfg.model == "smollm2" else None,
         channels=["erasure", "awgn"], rho=[0.02, 0.1, 0.3], snr_db=[0.0, 10.0, 20.0, 30.0],
         seeds=1 if quick else 2, out=str(Path(cfg.out) / "analysis"), tracking_uri=cfg.tracking_uri,
         experiment="splitlab-demo")
@@ -55,9 +56,9 @@ def stage_analysis(state: DemoState) -> None:
           f"heatmap: {Path(analysis.out) / 'heatmap_erasure.png'}")
 
 
-def _candidate_ks(num_layers: int) -> list[int]:
+def _candidate_ks(num_layers: int, quick: bool) -> list[int]:
     # The UE keeps at least a few layers: a split at the embeddings would send the tokens in clear.
-    step = max(1, num_layers // 10)
+    step = max(1, num_layers // (5 if quick else 10))
     return list(range(step, num_layers + 1, step))
 
 
@@ -70,7 +71,7 @@ def _training_spec(state: DemoState, name: str, mode: str, iterations: int) -> d
         "name": name, "mode": mode,
         "quality": {"kind": "live", "model": cfg.model, "corpus": "wiki", "channel": {"kind": "awgn"},
                     "n_tokens": 128 if quick else 256, "window": 64, "decimals": 0},
-        "env": {"env": "split", "preset": "wireless", "candidate_ks": _candidate_ks(grid["num_layers"]),
+        "env": {"env": "split", "preset": "wireless", "candidate_ks": _candidate_ks(grid["num_layers"], quick),
                 "dynamics": {"kind": "gauss_markov", "mean_db": 12.0, "std_db": 8.0, "corr": 0.9},
                 "w_q": 1.0, "w_c": 0.5, "w_l": 0.5},
         "algorithm": {"name": "ppo", "iterations": iterations, "lr": 0.001, "gamma": 0.0,
