@@ -1,0 +1,259 @@
+"""This example measures how many real LLM evaluations the model-based agent needs, against model-free RL.
+
+On the default model (SmolLM2) and the ``tune_configs/dyna.yaml`` setup (wireless preset, AWGN, splits
+k = 3..30, Gauss-Markov SNR), it trains and scores on the same held-out channel traces:
+
+- Dyna mode (ours): PPO on the surrogate, refreshed from a budget of real evaluations after each iteration;
+- paper mode: the surrogate fitted once on an ``analyze``-style grid (6 SNRs x the splits), PPO on it;
+- model-free PPO and model-free DQN on the real quality (no surrogate);
+- every fixed k, random, and the oracle (best split per step from the true quality).
+
+The true quality is measured first: a grid of every candidate split x SNR (2 dB apart) on the real
+model, with the same evaluation settings and noise seeds as the agents' live evaluations (saved as
+``benchmarks/results/mbrl_truth_grid_<model>.json`` and reused by later runs with the same settings;
+``--remeasure`` measures it again). Held-out scoring interpolates it. The model-free agents read their rewards from it at the SNR rounded to 1 dB,
+the way a cached live reward model would measure them: their ``real_evals`` are the distinct
+(k, SNR) points they asked for (what a cache would have computed), their ``reward_queries`` every step
+(what an uncached one would), and their LLM time is estimated at Dyna's measured seconds per
+evaluation. Dyna and paper mode pay for their evaluations for real.
+
+Also: sampling throughput on surrogate rewards with 1 and 2 env runners.
+
+How to run:
+    python benchmarks/mbrl_efficiency.py                  # SmolLM2, about 15 minutes on 2 cores
+    python benchmarks/mbrl_efficiency.py --quick          # tiny random model, a smoke test (~4 minutes)
+
+Results to expect (``benchmarks/results/mbrl_efficiency.json``; targets from issue 5): Dyna reaches
+>= 0.98 of the oracle (``return_vs_oracle``: random = 0, oracle = 1) on held-out traces with tens of
+real evaluations; model-free PPO needs >= 50x more distinct real evaluations to reach the same score
+(or never does in its budget of steps); 2 env runners sample >= 1.5x the steps per second of one. The
+chosen split against SNR is plotted in ``benchmarks/results/mbrl_k_vs_channel.png``. Timings depend on
+what else the machine runs: the JSON records the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def measure_truth(spec, ks: list[int], values: list[float], evaluators: int) -> tuple[dict, dict]:
+    """The true quality on ks x values with the real model (grid.json format) and its cost."""
+    from splitlab.mbrl.evaluators import EvaluationPool
+
+    start = time.perf_counter()
+    with EvaluationPool(spec.quality, n_actors=evaluators) as pool:
+        ref = pool.reference()
+        table = pool.evaluate_grid(ks, values)  # [K, V]
+        cost = {"points": len(ks) * len(values), "actor_s": pool.eval_time_s, "wall_s": time.perf_counter() - start,
+                "model_load_s": ref["load_s"]}
+    rows = [{"k": int(k), "channel": ref["channel"], "param": ref["param"], "value": float(v),
+             "ppl_mean": float(table[i, j]), "ppl_ci95": 0.0, "seeds": 1}
+            for i, k in enumerate(ks) for j, v in enumerate(values)]
+    grid = {"model": spec.quality.get("model", spec.quality["kind"]), "num_layers": ref["num_layers"],
+            "hidden_size": ref["hidden_size"], "corpus": spec.quality.get("corpus", "wiki"),
+            "tokens": spec.quality.get("n_tokens"), "ppl_clean": ref["ppl_clean"], "rows": rows}
+    return grid, cost
+
+
+def subgrid(grid: dict, values: list[float]) -> dict:
+    out = copy.deepcopy(grid)
+    out["rows"] = [r for r in grid["rows"] if r["value"] in values]
+    return out
+
+
+def summarise(result, label: str) -> dict:
+    m = result.metrics
+    return {"method": label, "return": m["policy/return"], "return_vs_oracle": m["policy/return_vs_oracle"],
+            "return_ratio": m["policy/return_ratio"], "mean_k": m["policy/mean_k"],
+            "real_evals": m.get("mbrl/real_evals", 0.0), "real_eval_s": m.get("mbrl/real_eval_time_s", 0.0),
+            "reward_queries": m.get("mbrl/reward_queries"), "wall_s": m["time/wall_s"],
+            "env_steps": m.get("train/env_steps"), "surrogate_mae": m.get("mbrl/surrogate_mae"),
+            "surrogate_r2": m.get("mbrl/surrogate_r2")}
+
+
+def throughput(surrogate_path: Path, spec, steps: int, logdir: Path, repeats: int = 3) -> dict:
+    """Env steps per second on surrogate rewards: one env runner sampling alone vs two at once.
+
+    Both measurements use the same two runners of one algorithm, alternated ``repeats`` times, and
+    the medians are compared, so that load from other processes hits both alike.
+    """
+    from splitlab.mbrl.agents import algorithm_config, build_algorithm
+    from splitlab.platform.spec import AlgorithmSpec
+
+    algo_spec = AlgorithmSpec(**{**spec.to_dict()["algorithm"], "num_env_runners": 2})
+    env = {k: v for k, v in spec.env.items() if k != "env"}
+    env["reward_model"] = {"kind": "surrogate", "path": str(surrogate_path)}
+    algo = build_algorithm(algorithm_config(algo_spec, env), logdir)
+    try:
+        group = algo.env_runner_group
+        group.foreach_env_runner(lambda r: len(r.sample(num_timesteps=400)), local_env_runner=False)  # warm up
+        ids = group.healthy_worker_ids()
+        one, two = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            group.foreach_env_runner(lambda r: len(r.sample(num_timesteps=steps // 2)), local_env_runner=False,
+                                     remote_worker_ids=ids[:1])
+            one.append((steps // 2) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            group.foreach_env_runner(lambda r: len(r.sample(num_timesteps=steps // 2)), local_env_runner=False)
+            two.append(2 * (steps // 2) / (time.perf_counter() - start))
+        return {"env_runners_1_steps_per_s": float(np.median(one)), "env_runners_2_steps_per_s": float(np.median(two)),
+                "speedup": float(np.median(two) / np.median(one)), "samples_1": one, "samples_2": two}
+    finally:
+        algo.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny random model and short runs (smoke test)")
+    parser.add_argument("--iterations", type=int, default=12, help="PPO iterations (Dyna, paper, model-free)")
+    parser.add_argument("--dqn-iterations", type=int, default=6, help="DQN iterations")
+    parser.add_argument("--budget", type=int, default=60, help="Dyna's total real evaluations")
+    parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per policy")
+    parser.add_argument("--throughput-steps", type=int, default=8000, help="steps per throughput measurement")
+    parser.add_argument("--out", default=str(RESULTS / "mbrl_efficiency.json"))
+    parser.add_argument("--keep-runs", default=None, help="keep the run folders here (default: a temp folder)")
+    parser.add_argument("--remeasure", action="store_true", help="measure the truth grid again even if saved")
+    args = parser.parse_args()
+
+    import ray
+
+    from splitlab.platform.spec import load_spec
+    from splitlab.platform.training import ensure_ray, run_training, value_range
+
+    t_start = time.perf_counter()
+    work = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="splitlab-bench-mbrl-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = load_spec(ROOT / "tune_configs" / "dyna.yaml").to_dict()
+    base.update({"out": str(work), "tracking": {"enabled": False}})
+    base["algorithm"].update({"iterations": args.iterations, "seed": 0})
+    base["dyna"].update({"budget": args.budget, "initial_evals": min(base["dyna"]["initial_evals"], args.budget)})
+    base["evaluation"].update({"episodes": args.episodes, "seed": 1_000_003})
+    if args.quick:
+        base["quality"].update({"model": "tiny-llama", "n_tokens": 128})
+        base["env"]["candidate_ks"] = [1, 2, 3, 4]
+        base["algorithm"].update({"iterations": 3, "train_batch_size": 1000})
+        args.dqn_iterations, args.throughput_steps = 2, 2000
+    from splitlab.platform.spec import ExperimentSpec
+
+    base_spec = ExperimentSpec.from_dict({**base, "name": "base"})
+    ks = list(base["env"]["candidate_ks"])
+    lo, hi = value_range(base_spec)
+    snr = [float(v) for v in np.arange(2 * np.floor(lo / 2) - 2, 2 * np.ceil(hi / 2) + 2.1, 2.0)]
+    ensure_ray(2)
+    out: dict = {"model": base["quality"]["model"], "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                                "load_avg_start": os.getloadavg()},
+                 "settings": {"spec": "tune_configs/dyna.yaml", "iterations": base["algorithm"]["iterations"],
+                              "train_batch_size": base["algorithm"]["train_batch_size"],
+                              "dqn_iterations": args.dqn_iterations, "budget": args.budget,
+                              "episodes": args.episodes, "candidate_ks": ks, "truth_snr_db": snr,
+                              "tokens_per_eval": base["quality"]["n_tokens"]}}
+    try:
+        truth_file = RESULTS / f"mbrl_truth_grid_{base['quality']['model']}.json"
+        cached = json.loads(truth_file.read_text()) if truth_file.exists() and not args.remeasure else None
+        if cached and cached["settings"] == {"quality": base["quality"], "ks": ks, "snr_db": snr}:
+            truth, cost = cached["grid"], {**cached["cost"], "reused": str(truth_file.relative_to(ROOT))}
+            print(f"== truth: reusing {truth_file.name} (measured earlier, {cost['wall_s']:.0f} s)", flush=True)
+        else:
+            print(f"== truth: {len(ks)} splits x {len(snr)} SNRs on {base['quality']['model']}", flush=True)
+            truth, cost = measure_truth(base_spec, ks, snr, evaluators=2)
+            truth_file.write_text(json.dumps({"settings": {"quality": base["quality"], "ks": ks, "snr_db": snr},
+                                              "cost": cost, "grid": truth}) + "\n")
+        out["truth"] = cost
+        truth_spec = {"kind": "grid", "grid": truth, "channel": "awgn"}
+        print(f"   {cost['points']} points in {cost['wall_s']:.0f} s", flush=True)
+
+        methods = []
+        print("== Dyna (PPO on the surrogate, budgeted real evaluations)", flush=True)
+        dyna = run_training({**base, "name": "dyna", "evaluation": {**base["evaluation"], "truth": truth_spec}})
+        methods.append(summarise(dyna, "Dyna PPO (ours)"))
+        s_per_eval = dyna.metrics["mbrl/real_eval_time_s"] / max(dyna.metrics["mbrl/real_evals"], 1)
+        out["seconds_per_real_eval"] = s_per_eval
+        shutil.copy(dyna.files["k_plot"], RESULTS / "mbrl_k_vs_channel.png")
+        shutil.copy(dyna.files["learning_curve"], RESULTS / "mbrl_dyna_learning_curve.png")
+
+        print("== paper mode (surrogate fitted once on an analyze-style grid)", flush=True)
+        coarse = [v for v in snr if v in (0.0, 6.0, 10.0, 16.0, 20.0, 30.0)] or snr[::3]
+        paper = run_training({**base, "name": "paper", "mode": "paper",
+                              "paper": {"grid": {"kind": "grid", "grid": subgrid(truth, coarse), "channel": "awgn"}},
+                              "evaluation": {**base["evaluation"], "truth": truth_spec}})
+        row = summarise(paper, "paper mode PPO")
+        row["real_eval_s"] = row["real_evals"] * s_per_eval
+        row["note"] = f"grid of {len(ks)} splits x SNR {coarse} dB; LLM seconds estimated at Dyna's per-evaluation cost"
+        methods.append(row)
+
+        counted = {"kind": "counted", "inner": truth_spec, "decimals": 0, "seconds_per_eval": s_per_eval}
+        print("== model-free PPO (real quality every step)", flush=True)
+        mf = run_training({**base, "name": "model_free_ppo", "mode": "model_free", "quality": counted,
+                           "evaluation": {**base["evaluation"], "truth": truth_spec, "every": 1}})
+        methods.append({**summarise(mf, "model-free PPO"), "note": "rewards from the measured truth at SNR rounded to "
+                        "1 dB; real_evals = distinct points queried (a cached live model's cost)"})
+        print("== model-free DQN", flush=True)
+        dqn_algo = {**base["algorithm"], "name": "dqn", "iterations": args.dqn_iterations, "minibatch_size": 64,
+                    "lr": 0.0005, "epsilon_timesteps": args.dqn_iterations * base["algorithm"]["train_batch_size"] // 2}
+        dqn = run_training({**base, "name": "model_free_dqn", "mode": "model_free", "quality": counted,
+                            "algorithm": dqn_algo, "evaluation": {**base["evaluation"], "truth": truth_spec}})
+        methods.append({**summarise(dqn, "model-free DQN"), "note": "as model-free PPO"})
+        for name, p in sorted(dyna.policies.items(), key=lambda kv: -kv[1]["return"]):
+            if name != "policy":
+                methods.append({"method": name, "return": p["return"], "return_vs_oracle": p["return_vs_oracle"],
+                                "return_ratio": p["return_ratio"], "mean_k": p["mean_k"], "real_evals": None,
+                                "wall_s": None})
+        out["methods"] = methods
+
+        # Model-free evaluations needed to reach Dyna's held-out score (its learning curve, every iteration).
+        target = dyna.metrics["policy/return_vs_oracle"]
+        curve = [(h["policy/return_vs_oracle"], h["mbrl/real_evals"], h["mbrl/reward_queries"]) for h in mf.history]
+        reached = next(((s, e, q) for s, e, q in curve if s >= target), None)
+        needed = reached[1] if reached else mf.metrics["mbrl/real_evals"]
+        needed_q = reached[2] if reached else mf.metrics["mbrl/reward_queries"]
+        out["model_free_curve"] = [{"return_vs_oracle": s, "real_evals": e, "reward_queries": q} for s, e, q in curve]
+
+        print("== sampling throughput on surrogate rewards: 1 vs 2 env runners", flush=True)
+        surrogate = Path(dyna.files["surrogate"])
+        out["throughput"] = throughput(surrogate, base_spec, args.throughput_steps, work / "tp")
+        speedup = out["throughput"]["speedup"]
+
+        dyna_evals = dyna.metrics["mbrl/real_evals"]
+        out["targets"] = {
+            "dyna_vs_oracle": {"value": target, "target": 0.98, "met": bool(target >= 0.98)},
+            "eval_reduction_vs_model_free": {
+                "dyna_real_evals": dyna_evals, "model_free_real_evals_needed": needed,
+                "model_free_reached_dyna_score": reached is not None, "ratio": needed / dyna_evals,
+                "ratio_reward_queries": needed_q / dyna_evals, "target": 50.0,
+                "met": bool(needed / dyna_evals >= 50.0),
+                "met_counting_every_reward_query": bool(needed_q / dyna_evals >= 50.0)},
+            "throughput_speedup": {"value": speedup, "target": 1.5, "met": bool(speedup >= 1.5)},
+        }
+        out["plots"] = {"k_vs_channel": "benchmarks/results/mbrl_k_vs_channel.png",
+                        "dyna_learning_curve": "benchmarks/results/mbrl_dyna_learning_curve.png"}
+    finally:
+        out["wall_s"] = time.perf_counter() - t_start
+        out["machine"]["load_avg_end"] = os.getloadavg()
+        if ray.is_initialized():
+            ray.shutdown()
+        if not args.keep_runs:
+            shutil.rmtree(work, ignore_errors=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(json.dumps({k: out[k] for k in ("targets", "throughput") if k in out}, indent=1, default=float))
+    for m in out.get("methods", []):
+        evals = "" if m.get("real_evals") is None else f"{m['real_evals']:.0f}"
+        wall = "" if m.get("wall_s") is None else f"{m['wall_s']:.0f}"
+        print(f"{m['method']:<18} {m['return_vs_oracle']:>7.3f} {m['return']:>9.3f} {evals:>8} {wall:>6}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Real LLM evaluations on a pool of Ray actors: each actor loads the model once, results are cached.
+
+An evaluation is one perplexity measurement of the split model at a point ``(k, channel value)``
+through the corrupting channel (``splitlab.envs.reward_models.LiveLLMRewardModel``). The pool
+rounds values the way the live model does, so a point is only ever measured once per run; it counts
+every measurement (``real_evals``), the seconds the actors spent (``eval_time_s``) and the seconds
+the caller waited (``wall_s``). The clean reference perplexity counts as one evaluation.
+
+Actors sit outside any trial's placement group: they ask for ``num_cpus`` (default 0) and run torch
+with one thread, so on a 2-core machine they share the cores with the env runners instead of
+waiting for a free one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from splitlab.channel.validation import check_int, check_range
+from splitlab.envs.reward_models import RewardModel
+
+
+class LLMEvaluator:
+    """Holds one reward model (normally ``{"kind": "live", ...}``: the real LLM) and measures points.
+
+    Used as a Ray actor (see :class:`EvaluationPool`) or directly in-process.
+    """
+
+    def __init__(self, reward_spec: Mapping[str, Any], threads: int = 1) -> None:
+        import torch
+
+        from splitlab.envs.reward_models import make_reward_model
+
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        self.model = make_reward_model(dict(reward_spec))
+        self.load_s = time.perf_counter() - start
+
+    def reference(self) -> dict[str, Any]:
+        """The RewardModel attributes (ppl_clean measured now, once) and the load and reference time."""
+        start = time.perf_counter()
+        ppl_clean = float(self.model.ppl_clean)
+        m = self.model
+        return {"num_layers": m.num_layers, "hidden_size": m.hidden_size, "ppl_clean": ppl_clean,
+                "channel": m.channel, "param": m.param, "ks": list(m.ks), "load_s": self.load_s,
+                "seconds": time.perf_counter() - start, "describe": m.describe()}
+
+    def evaluate(self, points: Sequence[tuple[int, float]]) -> list[tuple[float, float]]:
+        """Points [(k, value)] -> [(perplexity, seconds)], measured one after the other."""
+        out = []
+        for k, value in points:
+            start = time.perf_counter()
+            ppl = float(self.model.quality(int(k), float(value)))
+            out.append((ppl, time.perf_counter() - start))
+        return out
+
+
+    def evaluate_grid(self, ks: Sequence[int], values: Sequence[float]) -> tuple[list[list[float]], float]:
+        """Perplexity at every (k, value) [K][V] and the seconds it took, sharing the heads' work.
+
+        For a live LLM model, one clean pass per batch gives the hidden state after every layer and
+        each point reruns only its tail (``perplexity_grid``), with the same per-point noise seed as
+        :meth:`LiveLLMRewardModel.quality`, so each value equals what ``quality`` returns (and is
+        cached there). Other models are queried point by point.
+        """
+        import zlib
+
+        from splitlab.envs.reward_models import LiveLLMRewardModel
+
+        start = time.perf_counter()
+        m = self.model
+        if not isinstance(m, LiveLLMRewardModel):
+            return [[float(m.quality(int(k), float(v))) for v in values] for k in ks], time.perf_counter() - start
+        from splitlab.channel import Channel
+        from splitlab.llm.evaluation import perplexity_grid
+
+        points = {}
+        for k in ks:
+            for v in values:
+                key = (int(k), round(float(v), m.decimals))
+                cfg = m.channel_config.replace(**{m.param: key[1]})
+                rng = np.random.default_rng([m.seed, key[0], zlib.crc32(repr(key[1]).encode())])
+                points[key] = (key[0], Channel(cfg).as_corruption(rng))
+        ppl = perplexity_grid(m.model, m.windows, points, batch_size=m.batch_size)
+        m._cache.update(ppl)
+        out = [[ppl[(int(k), round(float(v), m.decimals))] for v in values] for k in ks]
+        return out, time.perf_counter() - start
+
+
+class EvaluationPool:
+    """``n_actors`` Ray actors, each holding the real LLM once; a cache in front of them.
+
+    Args:
+        reward_spec: the measured quality, e.g. ``{"kind": "live", "model": "smollm2", "channel":
+            {"kind": "awgn"}, "n_tokens": 256, "window": 64, "decimals": 0}``. Any reward-model
+            spec works (a ``synthetic`` grid stands in for the LLM in tests of the bookkeeping).
+        n_actors: evaluator actors (each loads the model; SmolLM2 takes about 14 s).
+        num_cpus: CPUs each actor reserves (fractional; 0 keeps them out of the scheduler's way).
+        threads: torch threads per actor.
+
+    Call :meth:`shutdown` (or use it as a context manager) to end the actors.
+    """
+
+    def __init__(self, reward_spec: Mapping[str, Any], n_actors: int = 1, num_cpus: float = 0.0,
+                 threads: int = 1, actors: list | None = None) -> None:
+        import ray
+
+        check_int("evaluators", n_actors, 1, 64)
+        check_range("evaluator_cpus", num_cpus, 0.0, 64.0)
+        check_int("evaluator_threads", threads, 1, 64)
+        self.reward_spec = dict(reward_spec)
+        self.decimals = int(self.reward_spec.get("decimals", 1)) if self.reward_spec.get("kind") == "live" else None
+        self.owns_actors = actors is None
+        if actors is None:
+            actor_cls = ray.remote(LLMEvaluator)
+            actors = [actor_cls.options(num_cpus=num_cpus, max_concurrency=1).remote(self.reward_spec, threads)
+                      for _ in range(n_actors)]
+        self.actors = list(actors)
+        self.cache: dict[tuple[int, float], tuple[float, float]] = {}
+        """(k, rounded value) -> (perplexity, seconds it took)."""
+        self.real_evals = 0
+        self.eval_time_s = 0.0
+        self.wall_s = 0.0
+        self.cache_hits = 0
+        self._reference: dict[str, Any] | None = None
+
+    def __enter__(self) -> EvaluationPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def key(self, k: int, value: float) -> tuple[int, float]:
+        """The cache key of a point: the live model measures at the rounded value, so the pool rounds too."""
+        return int(k), (round(float(value), self.decimals) if self.decimals is not None else float(value))
+
+    def reference(self) -> dict[str, Any]:
+        """Attributes of the measured quality: num_layers, hidden_size, ppl_clean (one evaluation), channel,
+        param, ks. Measured on the first call only."""
+        import ray
+
+        if self._reference is None:
+            start = time.perf_counter()
+            self._reference = ray.get(self.actors[0].reference.remote())
+            self.real_evals += 1
+            self.eval_time_s += self._reference["seconds"]
+            self.wall_s += time.perf_counter() - start
+        return self._reference
+
+    def is_cached(self, k: int, value: float) -> bool:
+        return self.key(k, value) in self.cache
+
+    def evaluate(self, points: Sequence[tuple[int, float]]) -> np.ndarray:
+        """Perplexity at each (k, value) -> [N]; uncached points are spread over the actors in parallel."""
+        import ray
+
+        start = time.perf_counter()
+        keys = [self.key(k, v) for k, v in points]
+        todo = list(dict.fromkeys(key for key in keys if key not in self.cache))
+        self.cache_hits += len(keys) - len(todo)
+        if todo:
+            n = len(self.actors)
+            chunks = [todo[i::n] for i in range(n)]
+            refs = [(chunk, actor.evaluate.remote(chunk)) for actor, chunk in zip(self.actors, chunks) if chunk]
+            for chunk, ref in refs:
+                for key, (ppl, seconds) in zip(chunk, ray.get(ref)):
+                    if not (math.isfinite(ppl) and ppl > 0):
+                        raise RuntimeError(f"real evaluation at k={key[0]}, value={key[1]} returned perplexity {ppl}")
+                    self.cache[key] = (ppl, seconds)
+                    self.real_evals += 1
+                    self.eval_time_s += seconds
+        self.wall_s += time.perf_counter() - start
+        return np.array([self.cache[key][0] for key in keys])
+
+    def evaluate_grid(self, ks: Sequence[int], values: Sequence[float]) -> np.ndarray:
+        """Perplexity on the grid ``ks`` x ``values`` -> [K, V]; the values are split over the actors and each
+        actor shares one clean pass per batch among its points. Every uncached point counts as one
+        evaluation; actor seconds are spread evenly over an actor's points."""
+        import ray
+
+        start = time.perf_counter()
+        keyed = [self.key(0, v)[1] for v in values]
+        todo_values = [v for v in dict.fromkeys(keyed) if any((int(k), v) not in self.cache for k in ks)]
+        n = len(self.actors)
+        chunks = [todo_values[i::n] for i in range(n)]
+        refs = [(chunk, actor.evaluate_grid.remote(list(ks), chunk)) for actor, chunk in zip(self.actors, chunks)
+                if chunk]
+        for chunk, ref in refs:
+            table, seconds = ray.get(ref)
+            per_point = seconds / (len(ks) * len(chunk))
+            for i, k in enumerate(ks):
+                for j, v in enumerate(chunk):
+                    key = (int(k), v)
+                    if key not in self.cache:
+                        self.cache[key] = (float(table[i][j]), per_point)
+                        self.real_evals += 1
+                        self.eval_time_s += per_point
+        self.wall_s += time.perf_counter() - start
+        return np.array([[self.cache[(int(k), v)][0] for v in keyed] for k in ks])
+
+    def stats(self) -> dict[str, float]:
+        """``mbrl/real_evals``, ``mbrl/real_eval_time_s`` (actor seconds), ``mbrl/real_eval_wall_s``, cache hits."""
+        return {"mbrl/real_evals": float(self.real_evals), "mbrl/real_eval_time_s": self.eval_time_s,
+                "mbrl/real_eval_wall_s": self.wall_s, "mbrl/cache_hits": float(self.cache_hits)}
+
+    def get_state(self) -> dict[str, Any]:
+        """Cache and counters (for a checkpoint)."""
+        return {"cache": [[k, v, p, s] for (k, v), (p, s) in self.cache.items()], "real_evals": self.real_evals,
+                "eval_time_s": self.eval_time_s, "wall_s": self.wall_s, "cache_hits": self.cache_hits,
+                "reference": self._reference}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.cache = {(int(k), float(v)): (float(p), float(s)) for k, v, p, s in state["cache"]}
+        self.real_evals = int(state["real_evals"])
+        self.eval_time_s = float(state["eval_time_s"])
+        self.wall_s = float(state["wall_s"])
+        self.cache_hits = int(state["cache_hits"])
+        self._reference = state.get("reference")
+
+    def sibling(self) -> EvaluationPool:
+        """A pool on the same actors (no second model load) with its own counters; it starts from this
+        pool's cache, whose points it gets as cache hits, not as evaluations of its own."""
+        other = EvaluationPool(self.reward_spec, actors=self.actors)
+        other.cache = dict(self.cache)
+        other._reference = self._reference
+        return other
+
+    def shutdown(self) -> None:
+        """End the actors (a sibling leaves them to the pool that made them)."""
+        import ray
+
+        if self.owns_actors:
+            for actor in self.actors:
+                ray.kill(actor)
+        self.actors = []
+
+
+class PoolRewardModel(RewardModel):
+    """A reward model that measures through an :class:`EvaluationPool` (cached, counted by the pool).
+
+    For evaluating policies against the real LLM in the driver without loading it there: the
+    oracle's ``quality_table`` measures every candidate split of a step in parallel.
+    """
+
+    def __init__(self, pool: EvaluationPool) -> None:
+        ref = pool.reference()
+        self.pool = pool
+        self.num_layers, self.hidden_size = int(ref["num_layers"]), int(ref["hidden_size"])
+        self.ppl_clean = float(ref["ppl_clean"])
+        self.channel, self.param, self.ks = ref["channel"], ref["param"], tuple(ref["ks"])
+        self._local: dict[tuple[int, float], float] = {}  # saves a round trip to the pool per repeated point
+
+    @property
+    def real_evals(self) -> int:  # type: ignore[override]
+        return self.pool.real_evals
+
+    @property
+    def real_eval_time_s(self) -> float:  # type: ignore[override]
+        return self.pool.eval_time_s
+
+    def quality(self, k: int, value: float) -> float:
+        return float(self.quality_table([k], value)[0])
+
+    def quality_table(self, ks: Sequence[int], value: float) -> np.ndarray:
+        keys = [self.pool.key(int(k), value) for k in ks]
+        missing = [key for key in keys if key not in self._local]
+        if missing:
+            for key, ppl in zip(missing, self.pool.evaluate(missing)):
+                self._local[key] = float(ppl)
+        return np.array([self._local[key] for key in keys])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **(self.pool.reference().get("describe") or {})}

@@ -1,0 +1,168 @@
+"""The environments as RLlib sees them: one reward model per process, shared by every env in it.
+
+An env runner steps ``envs_per_env_runner`` envs (users); they all score splits with one reward-model
+instance per process, built from the env config's ``reward_model`` spec on first use. That is what
+lets the Dyna loop reach the surrogate inside every runner: :func:`broadcast_surrogate` sets the new
+weights on that instance, :func:`drain_visits` reads the (k, value) pairs it scored, and a live LLM
+reward model is loaded once per runner, not once per env.
+
+The reward-model kind ``surrogate`` (``{"kind": "surrogate", "path": "run/surrogate.npz"}``) is
+registered here, so env configs can name it once this module is imported (the env creator imports it
+on every worker).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from splitlab.envs.reward_models import RewardModel, make_reward_model, register_reward_model
+from splitlab.mbrl.surrogate import SurrogateEnsemble
+
+ENV_IDS = {"split": "splitlab-mbrl-split", "multi_user": "splitlab-mbrl-multi-user"}
+"""``env`` kind -> the name :func:`register_mbrl_envs` registers with RLlib."""
+RESERVED_KEYS = ("num_envs", "_mbrl")
+"""env_config keys the envs do not take: RLlib's vector size and the Dyna loop's key."""
+
+_SHARED: dict[str, RewardModel] = {}
+"""This process's reward models by spec (one per distinct spec)."""
+
+
+def _spec_key(spec: Mapping[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def _surrogate(path: str, key: str | None = None) -> SurrogateEnsemble:
+    """A surrogate loaded from ``path`` (``SurrogateEnsemble.save``); ``key`` only tells runs apart."""
+    return SurrogateEnsemble.load(path)
+
+
+register_reward_model("surrogate", _surrogate)
+
+
+class CountedRewardModel(RewardModel):
+    """Another reward model queried like a cached live LLM: values rounded to ``decimals``, each distinct
+    (k, rounded value) counted as one real evaluation costing ``seconds_per_eval``.
+
+    For model-free baselines whose true rewards were measured beforehand (a grid of real evaluations at
+    the rounded values): the counts are what a cached live reward model would have computed, without
+    paying for the LLM again. ``reward_queries`` counts every query (what an uncached one would pay).
+    """
+
+    def __init__(self, inner: Mapping[str, Any], decimals: int = 0, seconds_per_eval: float = 0.0) -> None:
+        self.inner = make_reward_model(dict(inner))
+        for name in ("num_layers", "hidden_size", "ppl_clean", "channel", "param", "ks"):
+            setattr(self, name, getattr(self.inner, name))
+        self.decimals, self.seconds_per_eval = int(decimals), float(seconds_per_eval)
+        self.seen: set[tuple[int, float]] = set()
+        self.reward_queries = 0
+
+    @property
+    def real_evals(self) -> int:  # type: ignore[override]
+        return len(self.seen)
+
+    @property
+    def real_eval_time_s(self) -> float:  # type: ignore[override]
+        return len(self.seen) * self.seconds_per_eval
+
+    def quality(self, k: int, value: float) -> float:
+        key = (int(k), round(float(value), self.decimals))
+        self.seen.add(key)
+        self.reward_queries += 1
+        return self.inner.quality(*key)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "counted_decimals": self.decimals}
+
+
+register_reward_model("counted", CountedRewardModel)
+
+
+def shared_reward_model(spec: Mapping[str, Any] | RewardModel) -> RewardModel:
+    """The process's one instance for ``spec`` (built on first use); instances pass through."""
+    if isinstance(spec, RewardModel):
+        return spec
+    key = _spec_key(spec)
+    model = _SHARED.get(key)
+    if model is None:
+        model = _SHARED[key] = make_reward_model(dict(spec))
+    return model
+
+
+def make_rllib_env(env_config: Mapping[str, Any]):
+    """RLlib env creator: a SplitEnv or MultiUserSplitEnv (``env`` key) with the shared reward model."""
+    from splitlab.envs.registry import make_env
+
+    cfg = {k: v for k, v in dict(env_config).items() if k not in RESERVED_KEYS}
+    if "reward_model" not in cfg:
+        raise ValueError("env_config needs a reward_model spec")
+    cfg["reward_model"] = shared_reward_model(cfg["reward_model"])
+    return make_env(cfg)
+
+
+def register_mbrl_envs() -> dict[str, str]:
+    """Register the env creators with RLlib; returns ``{env kind: registered name}``."""
+    from ray.tune.registry import register_env
+
+    for kind, env_id in ENV_IDS.items():
+        register_env(env_id, _creator(kind))
+    return dict(ENV_IDS)
+
+
+def _creator(kind: str):
+    def create(env_config: Mapping[str, Any]):
+        return make_rllib_env({**dict(env_config), "env": kind})
+
+    return create
+
+
+# -- functions run inside env runners (via EnvRunnerGroup.foreach_env_runner) -----------------------
+def surrogates() -> list[SurrogateEnsemble]:
+    """This process's shared surrogates."""
+    return [m for m in _SHARED.values() if isinstance(m, SurrogateEnsemble)]
+
+
+def set_surrogate_state(state: Mapping[str, Any]) -> list[str]:
+    """Load weights into every shared surrogate of this process; returns their fingerprints."""
+    out = []
+    for model in surrogates():
+        model.set_state(state)
+        out.append(model.fingerprint())
+    return out
+
+
+def drain_visits(limit: int | None = None) -> list[tuple[int, float]]:
+    """The (k, value) pairs this process's surrogates scored since the last drain (newest ``limit``)."""
+    visits: list[tuple[int, float]] = []
+    for model in surrogates():
+        visits.extend(model.visited(clear=True))
+    return visits[-limit:] if limit else visits
+
+
+def process_stats() -> dict[str, float]:
+    """Real-evaluation counters summed over this process's shared reward models (live LLM ones count)."""
+    evals, seconds = 0.0, 0.0
+    for model in _SHARED.values():
+        evals += float(model.real_evals)
+        seconds += float(model.real_eval_time_s)
+    return {"mbrl/real_evals": evals, "mbrl/real_eval_time_s": seconds}
+
+
+def env_reward_models(runner: Any) -> list[RewardModel]:
+    """The reward model of every env an env runner steps (single-agent vector env or multi-agent env)."""
+    env = getattr(runner, "env", None)
+    if env is None:
+        return []
+    base = getattr(env, "unwrapped", env)
+    envs = getattr(base, "envs", None) or [base]
+    out = []
+    for e in envs:
+        model = getattr(getattr(e, "unwrapped", e), "reward_model", None)
+        if model is not None:
+            out.append(model)
+    return out
+
+
+def env_fingerprints(runner: Any) -> list[str]:
+    """Fingerprints of the surrogate weights every env of ``runner`` scores with."""
+    return [m.fingerprint() for m in env_reward_models(runner) if isinstance(m, SurrogateEnsemble)]
