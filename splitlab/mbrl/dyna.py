@@ -33,7 +33,8 @@ MBRL_KEY = "_mbrl"
 """env_config entry naming the Dyna loop (stripped before the env is built)."""
 
 
-def space_filling(ks: Sequence[int], low: float, high: float, n: int, rng: np.random.Generator) -> list[tuple[int, float]]:
+def space_filling(ks: Sequence[int], low: float, high: float, n: int,
+                  rng: np.random.Generator) -> list[tuple[int, float]]:
     """``n`` (k, value) points spread over ``ks`` x [low, high]: ks cycled evenly, values stratified."""
     ks = np.asarray(sorted(set(int(k) for k in ks)))
     k_idx = np.round(np.linspace(0, len(ks) - 1, n)).astype(int) if n <= len(ks) else np.arange(n) % len(ks)

@@ -127,7 +127,8 @@ def best_response_oracle(obs: Mapping[str, np.ndarray], env: Any, rounds: int = 
     return {aid: actions[aid] for aid in obs}
 
 
-def evaluate_multi_user(env: Any, policies: Mapping[str, MultiAct], episodes: int, seed: int) -> dict[str, PolicyResult]:
+def evaluate_multi_user(env: Any, policies: Mapping[str, MultiAct], episodes: int,
+                        seed: int) -> dict[str, PolicyResult]:
     """Each policy ``(obs dict, env) -> action dict`` on the same reset seeds; return = summed reward of
     all UEs per episode."""
     out = {}

@@ -472,18 +472,24 @@ def _check_env(raw: Any, quality: Mapping[str, Any]) -> dict:
     return env
 
 
-def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
-    """Read and validate a YAML spec; ``overrides`` (``{"algorithm.iterations": 3}``) apply first."""
+def read_spec_file(path: str | Path, what: str = "spec") -> dict:
+    """The YAML mapping in ``path``; a missing file, bad YAML or a non-mapping is a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"spec {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: a spec must be a YAML mapping of sections, got {type(raw).__name__}")
-    raw = dict(raw)
+    return dict(raw)
+
+
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentSpec:
+    """Read and validate a YAML spec; ``overrides`` (``{"algorithm.iterations": 3}``) apply first."""
+    path = Path(path)
+    raw = read_spec_file(path)
     raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)

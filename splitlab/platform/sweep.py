@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from splitlab.platform.search_space import SweepSpec, apply_overrides, flatten
+from splitlab.platform.spec import read_spec_file
 
 TRIAL_FN = "splitlab.platform.sweep:train_trial"
 """The function a trial runs, as ``module:function`` so that any worker can import it."""
@@ -94,16 +95,7 @@ def load_plan(source: str | Path | Mapping, validate: Callable[[Mapping], Any] |
         raw, where, stem = dict(source), "<dict>", "sweep"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep spec {str(path)!r} does not exist")
-        where, stem = str(path), path.stem
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{where}: not valid YAML: {err}") from None
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{where}: a spec must be a YAML mapping, got {type(raw).__name__}")
-        raw = dict(raw)
+        raw, where, stem = read_spec_file(path, "sweep spec"), str(path), path.stem
     if "sweep" not in raw:
         raise ValueError(f"{where}: no 'sweep' section; `splitlab train` runs a spec without one")
     if validate is validate_experiment:

@@ -207,7 +207,8 @@ class TrainingRun:
 
         if self.pool is None:
             d = self.spec.dyna
-            self._say(f"starting {d.evaluators} evaluator actor(s) for {self.spec.quality.get('model', self.spec.quality['kind'])}")
+            what = self.spec.quality.get("model", self.spec.quality["kind"])
+            self._say(f"starting {d.evaluators} evaluator actor(s) for {what}")
             self.pool = EvaluationPool(self.spec.quality, n_actors=d.evaluators, num_cpus=d.evaluator_cpus)
         return self.pool
 
@@ -645,7 +646,8 @@ def _plot_learning_curve(history: list[dict[str, float]], path: Path, final: Map
     fig, ax = plt.subplots(figsize=(6.5, 4))
     steps = [h.get("train/env_steps", i) for i, h in enumerate(history)]
     if any("policy/train_return" in h for h in history):
-        ax.plot(steps, [h.get("policy/train_return", np.nan) for h in history], label="training return (agent's reward)")
+        ax.plot(steps, [h.get("policy/train_return", np.nan) for h in history],
+                label="training return (agent's reward)")
     if any("policy/return" in h for h in history):
         ax.plot(steps, [h.get("policy/return", np.nan) for h in history], marker="o",
                 label="held-out return (true reward)")
