@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 
 from splitlab.cli import main
 
@@ -37,3 +38,11 @@ def test_a_failing_stage_is_named_and_earlier_stages_stay(tmp_path, monkeypatch,
     assert "[2/2] dyna FAILED" in out and "no evaluators could start" in out
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(mlflow.search_runs(experiment_names=["splitlab-demo"])) == 1
+
+
+@pytest.mark.slow
+def test_full_demo_on_smollm2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "FAILED" not in out and "Dyna PPO (ours)" in out
