@@ -57,6 +57,7 @@ from splitlab.channel.validation import (
     check_int,
     check_range,
     check_rng,
+    dataclass_from_mapping,
 )
 
 CHANNEL_KINDS = ("clean", "erasure", "awgn", "digital")
@@ -124,13 +125,9 @@ class ChannelConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ChannelConfig:
         """Build from a mapping (e.g. a YAML ``channel:`` section); unknown keys are an error."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"channel config must be a mapping, got {type(d).__name__}")
-        accepted = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown channel config keys {unknown}; accepted keys: {accepted}")
-        return cls(**d)
+        if d is None:  # a config must be given here; None is not "defaults"
+            raise ValueError(f"channel config must be a mapping of {[f.name for f in fields(cls)]}, got None")
+        return dataclass_from_mapping(cls, d, "channel config")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, e.g. for logging as run parameters."""

@@ -9,10 +9,10 @@ over a short window is small next to the matrix products).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from splitlab.channel.validation import check_int, check_range
+from splitlab.channel.validation import check_int, check_range, dataclass_from_mapping
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,9 @@ class DeviceModel:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | DeviceModel | None) -> DeviceModel:
         """Build from a mapping; unknown keys are an error that lists the accepted ones."""
-        if d is None:
-            return cls()
         if isinstance(d, DeviceModel):
             return d
-        if not isinstance(d, Mapping):
-            raise ValueError(f"device must be a mapping of DeviceModel fields, got {type(d).__name__}")
-        accepted = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown device keys {unknown}; accepted keys: {accepted}")
-        return cls(**d)
+        return dataclass_from_mapping(cls, d, "device")
 
     def layer_flops(self, hidden: int) -> float:
         """FLOPs of one decoder layer over one request (``tokens`` tokens)."""

@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 import splitlab.mbrl.rllib_env  # noqa: F401  (registers the reward kinds surrogate and counted)
+from splitlab.channel.validation import dataclass_from_mapping
 from splitlab.mbrl.surrogate import SurrogateConfig
 
 MODES = ("paper", "dyna", "model_free")
@@ -83,15 +84,7 @@ def _bool(name: str, value: Any) -> bool:
 
 def _section(cls: type, name: str, raw: Any) -> Any:
     """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the section."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{name} must be a mapping of {[f.name for f in fields(cls)]}, got {raw!r}")
-    accepted = [f.name for f in fields(cls)]
-    unknown = sorted(set(raw) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown {name} keys {unknown}; accepted keys: {accepted}")
-    return cls(**dict(raw))
+    return dataclass_from_mapping(cls, raw, name)
 
 
 def _prefixed(name: str, fn: Callable[[], Any]) -> Any:
