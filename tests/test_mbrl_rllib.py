@@ -111,6 +111,20 @@ def test_dyna_run_on_a_tiny_model_spends_exactly_its_budget(ray_local, tmp_path)
     assert result.history[-1]["mbrl/surrogate_points"] == 10  # every measured point but the clean reference
     assert result.metrics["eval/real_evals"] > 0  # the held-out scoring measured on the real model, counted apart
     assert (tmp_path / "t" / "surrogate.npz").exists() and (tmp_path / "t" / "policy").is_dir()
+    # Served, the trained policy sees what it saw in the env at the start of an episode, so it splits alike.
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from splitlab.envs import SplitEnv
+    from splitlab.mbrl.agents import greedy_policy
+    from splitlab.serve.policy import load_rllib_rule
+
+    rule = load_rllib_rule(result.files["policy"], num_layers=4)
+    act = greedy_policy(RLModule.from_checkpoint(tmp_path / "t" / "policy"))
+    env = SplitEnv({**s.env, "reward_model": s.quality, "snr_estimation_std_db": 0.0})
+    for snr in (-5.0, 0.0, 4.5, 10.0, 17.0, 30.0):
+        obs, _ = env.reset(options={"trace": [snr] * 11, "ue_budget": 1.0})
+        np.testing.assert_array_equal(rule.observation({"snr_db": snr}), obs)
+        assert rule({"snr_db": snr}) == env.candidate_ks[act(obs)]
 
 
 def test_paper_mode_on_a_synthetic_grid_learns_to_beat_random(ray_local, tmp_path):

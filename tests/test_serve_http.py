@@ -247,6 +247,37 @@ def test_smollm2_end_to_end(service, smollm2: SplitModel):
         serve.delete("smol")
 
 
+def test_a_policy_trained_by_splitlab_train_picks_the_split(service, tmp_path):
+    from ray import serve
+
+    from splitlab.platform.spec import ExperimentSpec
+    from splitlab.platform.training import run_training
+    from splitlab.serve.policy import load_rllib_rule
+
+    spec = ExperimentSpec.from_dict({
+        "name": "served", "mode": "dyna", "out": str(tmp_path), "tracking": {"enabled": False},
+        "quality": {"kind": "live", "model": "tiny-llama", "n_tokens": 64, "window": 32, "decimals": 0},
+        "env": {"preset": "wireless", "candidate_ks": [1, 2, 3], "episode_len": 10},
+        "algorithm": {"iterations": 2, "num_env_runners": 1, "envs_per_env_runner": 4, "train_batch_size": 200,
+                      "minibatch_size": 100, "num_epochs": 2, "hidden": [16], "env_runner_cpus": 0.25},
+        "surrogate": {"epochs": 100}, "dyna": {"initial_evals": 6, "evals_per_iter": 2, "budget": 10},
+        "evaluation": {"episodes": 2, "baselines": False}})
+    policy = run_training(spec, log=None).files["policy"]  # on the service's Ray
+    # No max_split: the service widens its range (2 by default here) to the policy's deepest split, 3.
+    deploy(ServeConfig(model="tiny-llama", policy_checkpoint=policy, replica_cpus=0.25, edge_max_replicas=1),
+           "rl", "/rl")
+    try:
+        assert requests.get(service + "/rl/v1/models", timeout=30).json()["data"][0]["split_range"] == [0, 3]
+        rule = load_rllib_rule(policy, num_layers=4)
+        for snr in (-3.0, 8.0, 25.0):
+            r = post(service, "/rl/v1/completions", {"prompt": "Hello", "max_tokens": 2, "snr_db": snr})
+            assert r.status_code == 200, r.text
+            split = r.json()["split"]
+            assert (split["chosen_by"], split["rule"], split["k"]) == ("policy", "rllib", rule({"snr_db": snr}))
+    finally:
+        serve.delete("rl")
+
+
 @pytest.mark.slow
 def test_request_metrics_reach_rays_prometheus_endpoint(service):
     import re

@@ -15,7 +15,7 @@ from splitlab.llm import SplitModel
 from splitlab.llm.generation import generate
 from splitlab.serve.config import ServeConfig
 from splitlab.serve.edge import EdgeMessage, EdgeStore
-from splitlab.serve.policy import FixedRule, GridRule, load_rllib_rule, make_rule
+from splitlab.serve.policy import FixedRule, GridRule, fit_split_range, load_rllib_rule, make_rule
 from splitlab.serve.profiles import CHANNEL_PROFILES, resolve_link
 from splitlab.serve.protocol import Limits, RequestError, check_context, parse_body, parse_chat, parse_completion
 from splitlab.serve.text import TextAssembler
@@ -179,21 +179,45 @@ def test_grid_rule_trades_quality_against_ue_layers(tmp_path):
     assert isinstance(make_rule(ServeConfig(model="tiny-llama"), 4), FixedRule)
 
 
-def test_rllib_checkpoint_rule_loads_a_module_and_checks_its_spaces(tmp_path):
+def _policy_run(tmp_path, n_actions=3, **info):
+    """A folder laid out as `splitlab train` leaves it: policy/ (an RLModule) and policy.json."""
     import gymnasium as gym
     from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+    from splitlab.channel import ChannelConfig
+    from splitlab.envs.wireless import FEATURE_HIGH, FEATURE_LOW, Observer
+
     spec = RLModuleSpec(module_class=DefaultPPOTorchRLModule,
-                        observation_space=gym.spaces.Box(-np.inf, np.inf, (5,), np.float32),
-                        action_space=gym.spaces.Discrete(3), model_config={"fcnet_hiddens": [8]})
-    spec.build().save_to_path(tmp_path / "module")
-    rule = load_rllib_rule(tmp_path / "module", [0, 1, 2], num_layers=4)
-    assert rule({"snr_db": 7.0}) in (0, 1, 2) and rule.name == "rllib"
-    with pytest.raises(ValueError, match="has 3 actions but the service offers 4"):
-        load_rllib_rule(tmp_path / "module", [0, 1, 2, 3], num_layers=4)
-    with pytest.raises(FileNotFoundError, match="holds no RLModule"):
-        load_rllib_rule(tmp_path, [0, 1, 2], num_layers=4)
+                        observation_space=gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32),
+                        action_space=gym.spaces.Discrete(n_actions), model_config={"fcnet_hiddens": [8]})
+    spec.build().save_to_path(tmp_path / "policy")
+    observer = Observer(num_layers=4, hidden_size=64, tokens=16, link=ChannelConfig(kind="awgn"))
+    (tmp_path / "policy.json").write_text(json.dumps({"candidate_ks": [1, 2, 3], "num_layers": 4, "env": "split",
+                                                      "preset": "wireless", "observer": observer.to_dict(),
+                                                      **info}))
+    return tmp_path
+
+
+def test_rllib_rule_loads_a_train_run_and_refuses_what_it_cannot_serve(tmp_path):
+    run = _policy_run(tmp_path / "run")
+    for path in (run, run / "policy"):  # the run folder or its policy/ folder
+        rule = load_rllib_rule(path, num_layers=4)
+        assert rule({"snr_db": 7.0}) in (1, 2, 3) and rule.name == "rllib"
+    obs = rule.observation({"snr_db": 25.0})  # the env's features at reset: no trend, no previous split
+    assert obs[0] == pytest.approx(1.0) and obs[1] == 0.0 and obs[3] == 0.0 and obs[4] == 1.0
+    with pytest.raises(ValueError, match="trained for a 4-layer model; the service's model has 30"):
+        load_rllib_rule(run, num_layers=30)
+    with pytest.raises(FileNotFoundError, match="is not a `splitlab train` run"):
+        load_rllib_rule(tmp_path, num_layers=4)
+    with pytest.raises(ValueError, match="module has 2 actions but its policy.json lists 3"):
+        load_rllib_rule(_policy_run(tmp_path / "two", n_actions=2), num_layers=4)
+    with pytest.raises(ValueError, match="preset 'paper'.*preset: wireless"):
+        load_rllib_rule(_policy_run(tmp_path / "paper", preset="paper", observer=None), num_layers=4)
+    # The service's split range grows to the policy's candidates, or says which bound to widen.
+    assert fit_split_range(ServeConfig(model="tiny-llama", policy_checkpoint=str(run)), 4).max_split == 3
+    with pytest.raises(ValueError, match=r"may choose splits \[3\] outside .*max_split=2"):
+        fit_split_range(ServeConfig(model="tiny-llama", max_split=2, policy_checkpoint=str(run)), 4)
 
 
 # ---------------------------------------------------------------------- the token loop

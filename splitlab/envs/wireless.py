@@ -7,7 +7,9 @@ features, latency and reward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +48,53 @@ class UserState:
         return min(t - self.start, len(self.snr_db) - 1)
 
 
+@dataclass
+class Observer:
+    """Builds the wireless observation from what a UE knows; the env and the serving policy share it.
+
+    A trained policy is only as good as the agreement between the observation it was trained on and the
+    one it acts on, so ``splitlab train`` saves this (:meth:`to_dict`, in ``policy.json``) and the Serve
+    policy rebuilds it (:meth:`from_dict`) instead of re-deriving the features.
+    """
+
+    num_layers: int
+    hidden_size: int
+    tokens: int
+    """Tokens per request whose hidden states cross the link (sets the payload of the rate feature)."""
+    link: ChannelConfig
+    snr_ref_db: float = 15.0
+    snr_scale_db: float = 10.0
+    _rates: dict[float, float] = field(default_factory=dict, repr=False)
+
+    def features(self, snr_est_db: float, trend_db: float, prev_k: int, ue_budget: float) -> np.ndarray:
+        """[N_FEATURES] float32, clipped to [FEATURE_LOW, FEATURE_HIGH]; ``trend_db`` in dB per step."""
+        x = np.array([(snr_est_db - self.snr_ref_db) / self.snr_scale_db, trend_db / self.snr_scale_db,
+                      self.rate(snr_est_db), prev_k / self.num_layers, ue_budget], dtype=np.float32)
+        return np.clip(x, FEATURE_LOW, FEATURE_HIGH)
+
+    def rate(self, snr_est_db: float) -> float:
+        """Rate feature: goodput at ``snr_est_db`` / bandwidth / RATE_SCALE_BPS_PER_HZ."""
+        # An observation needs no more than 0.01 dB of precision; rounding lets a cache serve most steps.
+        key = round(float(snr_est_db), 2)
+        rate = self._rates.get(key)
+        if rate is None:
+            if len(self._rates) > 100_000:
+                self._rates.clear()
+            cost = link_cost(self.tokens, self.hidden_size, self.link, snr_db=key)
+            goodput = cost.payload_bits / cost.tx_time_s if cost.tx_time_s > 0 else 0.0
+            rate = self._rates[key] = goodput / self.link.bandwidth_hz / RATE_SCALE_BPS_PER_HZ
+        return rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "tokens": self.tokens,
+                "link": self.link.to_dict(), "snr_ref_db": self.snr_ref_db, "snr_scale_db": self.snr_scale_db}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Observer:
+        d = dict(d)
+        return cls(**{**d, "link": ChannelConfig.from_dict(d["link"])})
+
+
 def default_link(model: RewardModel) -> ChannelConfig:
     """The link assumed when the config names none: digital if the quality was measured on a digital sweep."""
     return ChannelConfig(kind="digital" if model.channel.startswith("digital") else "awgn")
@@ -70,7 +119,8 @@ class WirelessModel:
         self.latency_ref_s = (config.latency_ref_s if config.latency_ref_s is not None
                               else self.device.local_latency_s(self.num_layers, self.hidden))
         self._links: dict[float, ChannelConfig] = {self.link.bandwidth_hz: self.link}
-        self._rates: dict[float, float] = {}
+        self.observer = Observer(self.num_layers, self.hidden, self.device.tokens, self.link, config.snr_ref_db,
+                                 config.snr_scale_db)
 
     # -- episode draws ------------------------------------------------------------------------
     def draw_user(self, rng: np.random.Generator, n_steps: int, start: int = 0, trace: np.ndarray | None = None,
@@ -90,25 +140,11 @@ class WirelessModel:
     # -- observation --------------------------------------------------------------------------
     def features(self, user: UserState, t: int) -> np.ndarray:
         """[N_FEATURES] float32 observation of ``user`` at env step ``t`` (see FEATURE_NAMES)."""
-        cfg = self.config
         i = user.index(t)
         est = user.snr_est_db[i]
-        back = min(i, cfg.trend_window)
+        back = min(i, self.config.trend_window)
         trend = (est - user.snr_est_db[i - back]) / back if back else 0.0  # dB per step
-        rate = self._rate_feature(est)
-        x = np.array([(est - cfg.snr_ref_db) / cfg.snr_scale_db, trend / cfg.snr_scale_db, rate,
-                      user.prev_k / self.num_layers, user.ue_budget], dtype=np.float32)
-        return np.clip(x, FEATURE_LOW, FEATURE_HIGH)
-
-    def _rate_feature(self, snr_est_db: float) -> float:
-        # An observation needs no more than 0.01 dB of precision; rounding lets a cache serve most steps.
-        key = round(float(snr_est_db), 2)
-        rate = self._rates.get(key)
-        if rate is None:
-            if len(self._rates) > 100_000:
-                self._rates.clear()
-            rate = self._rates[key] = self.goodput_bps(key) / self.link.bandwidth_hz / RATE_SCALE_BPS_PER_HZ
-        return rate
+        return self.observer.features(est, trend, user.prev_k, user.ue_budget)
 
     # -- costs and reward ---------------------------------------------------------------------
     def link_for(self, bandwidth_hz: float | None) -> ChannelConfig:
@@ -123,11 +159,6 @@ class WirelessModel:
     def link_cost(self, snr_db: float, bandwidth_hz: float | None = None) -> LinkCost:
         """Cost of one request's hidden state (``device.tokens`` x hidden) at ``snr_db``."""
         return link_cost(self.device.tokens, self.hidden, self.link_for(bandwidth_hz), snr_db=float(snr_db))
-
-    def goodput_bps(self, snr_db: float, bandwidth_hz: float | None = None) -> float:
-        """Payload bits over time on air (retransmissions included) at ``snr_db``."""
-        cost = self.link_cost(snr_db, bandwidth_hz)
-        return cost.payload_bits / cost.tx_time_s if cost.tx_time_s > 0 else 0.0
 
     def outcome(self, user: UserState, t: int, k: int, bandwidth_hz: float | None = None,
                 edge_tail_layers: float | None = None) -> tuple[RewardTerms, dict[str, float]]:

@@ -552,10 +552,12 @@ class TrainingRun:
         shutil.rmtree(policy_dir, ignore_errors=True)
         module.save_to_path(str(policy_dir.resolve()))
         env = self._evaluator["env"]
+        preset = spec.env.get("preset", "wireless")
+        # What a server needs to act with this policy exactly as it was trained (splitlab.serve.policy).
+        observer = env.model.observer.to_dict() if spec.env_kind == "split" and preset == "wireless" else None
         (self.run_dir / "policy.json").write_text(json.dumps({
             "candidate_ks": _candidate_ks(spec, env), "num_layers": env.num_layers, "env": spec.env_kind,
-            "preset": spec.env.get("preset", "wireless"),
-            "observation": "splitlab.envs.SplitEnv observation (see its docstring)"}, indent=1))
+            "preset": preset, "observer": observer}, indent=1))
         files["policy"] = str(policy_dir)
         if self.surrogate is not None:
             files["surrogate"] = str(self.run_dir / "surrogate.npz")

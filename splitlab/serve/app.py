@@ -16,7 +16,7 @@ from ray.serve.config import RequestRouterConfig
 from splitlab.serve.config import ServeConfig, model_facts
 from splitlab.serve.edge import EdgeHalf
 from splitlab.serve.ingress import SplitIngress
-from splitlab.serve.policy import SplitPolicy
+from splitlab.serve.policy import SplitPolicy, fit_split_range
 from splitlab.serve.routing import ROUTER_PATH
 from splitlab.serve.ue import UEHalf
 
@@ -35,7 +35,7 @@ def edge_autoscaling(config: ServeConfig) -> dict[str, Any]:
 def build_app(config: ServeConfig) -> Application:
     """The bound application for ``config``; validates the split range against the model first."""
     num_layers = model_facts(config.model).num_layers
-    config.split_range(num_layers)
+    config = fit_split_range(config, num_layers)
     config.fixed_split(num_layers)
     args = config.to_dict()
     half = {"ray_actor_options": {"num_cpus": config.replica_cpus},

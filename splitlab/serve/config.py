@@ -28,7 +28,8 @@ class ServeConfig:
     min_split: int = 0
     """Smallest split point k a request may use; the edge half holds layers ``>= min_split``."""
     max_split: int | None = None
-    """Largest split point k; the UE half holds layers ``< max_split``. None: half the layers."""
+    """Largest split point k; the UE half holds layers ``< max_split``. None: half the layers, or the
+    deepest split the ``policy_checkpoint`` may choose."""
     default_split: int | None = None
     """k used by the fixed rule (no grid, no checkpoint). None: a third of the layers, clamped to
     ``[min_split, max_split]`` (k = 10 on SmolLM2)."""
@@ -38,7 +39,8 @@ class ServeConfig:
     policy_grid_channel: str = "awgn"
     """Channel kind of the grid slice the rule reads."""
     policy_checkpoint: str | None = None
-    """RLlib checkpoint of a trained split policy; wins over ``policy_grid``."""
+    """Run folder (or its ``policy/``) of a ``splitlab train`` run with the wireless preset; the service
+    picks k as that policy does on a request's SNR. Wins over ``policy_grid``."""
     w_q: float = 1.0
     """Quality weight of the grid rule."""
     w_c: float = 0.1

@@ -2,8 +2,8 @@
 
 A rule is any callable ``rule(features) -> k`` with a ``name``. Three are built in:
 
-- :class:`RLlibRule`: a trained RLlib policy (an ``RLModule`` checkpoint, or an Algorithm checkpoint
-  holding one), acting greedily on :func:`observation` of the features.
+- :class:`RLlibRule`: the policy of a ``splitlab train`` run (wireless preset), acting greedily on the
+  env's own observation of the request, rebuilt from the run's ``policy.json``.
 - :class:`GridRule`: the measured quality grid (``splitlab analyze``): the k maximising
   ``-w_q * log(ppl_k / ppl_clean) - w_c * k / L`` at the request's mean SNR.
 - :class:`FixedRule`: one k for every request (``default_split``) when neither is configured.
@@ -13,8 +13,8 @@ Features (all built by the ingress): ``snr_db`` (mean SNR of the request's link)
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,70 +67,101 @@ class GridRule:
         return int(self.ks[int(np.argmax(scores))])  # argmax takes the first (smallest k) on ties
 
 
-def observation(features: Mapping[str, Any], num_layers: int) -> np.ndarray:
-    """The observation a trained policy sees [5]: SNR in dB, its trend (0: one request has none),
-    spectral efficiency log2(1 + snr), previous k / L (0: no history per request), UE budget (1).
-
-    This mirrors the ``wireless`` env's state as the design describes it; align it with the env's
-    observation when the policy is trained, or pass another ``observe`` to :func:`load_rllib_rule`.
-    """
-    snr_db = float(features["snr_db"])
-    return np.array([snr_db, 0.0, math.log2(1.0 + 10 ** (snr_db / 10)), 0.0, 1.0], dtype=np.float32)
+POLICY_FILE = "policy.json"
+"""Written by ``splitlab train`` next to ``policy/``: candidate splits, model depth, env, observer."""
+REQUEST_UE_BUDGET = 1.0
+"""UE budget the policy sees for a request: the service does not meter UE load, so a free UE."""
 
 
 class RLlibRule:
-    """Greedy action of an RLlib ``RLModule``; action i means split point ``candidate_ks[i]``."""
+    """Greedy action of a trained RLlib ``RLModule`` on the env's own observation of the request.
+
+    A request is the first step of an episode: the SNR estimate is its link's mean SNR, there is no
+    trend and no previous split yet (as at ``reset``), and the UE budget is ``REQUEST_UE_BUDGET``.
+    Action i means split point ``candidate_ks[i]``.
+    """
 
     name = "rllib"
 
-    def __init__(self, module, candidate_ks: Sequence[int], observe: Callable[[Mapping[str, Any]], np.ndarray]):
-        self.module, self.candidate_ks, self.observe = module, list(candidate_ks), observe
+    def __init__(self, module, candidate_ks: Sequence[int], observer):
+        self.module, self.candidate_ks, self.observer = module, list(candidate_ks), observer
+
+    def observation(self, features: Mapping[str, Any]) -> np.ndarray:
+        return self.observer.features(float(features["snr_db"]), 0.0, 0, REQUEST_UE_BUDGET)
 
     def __call__(self, features: Mapping[str, Any]) -> int:
         import torch
         from ray.rllib.core.columns import Columns
 
-        obs = torch.as_tensor(self.observe(features), dtype=torch.float32).unsqueeze(0)  # [1, D]
+        obs = torch.as_tensor(self.observation(features)).unsqueeze(0)  # [1, N_FEATURES]
         with torch.no_grad():
             logits = self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]  # [1, A]
         return int(self.candidate_ks[int(logits.argmax(-1)[0])])
 
 
-def load_rllib_rule(path: str | Path, candidate_ks: Sequence[int], num_layers: int,
-                    observe: Callable[[Mapping[str, Any]], np.ndarray] | None = None) -> RLlibRule:
-    """Load a policy from an ``RLModule`` checkpoint folder or an Algorithm checkpoint that holds one.
+def policy_run_dir(path: str | Path) -> Path:
+    """The ``splitlab train`` run folder of a ``policy_checkpoint`` (the run folder or its ``policy/``)."""
+    path = Path(path).expanduser()
+    for folder in (path, path.parent):
+        if (folder / POLICY_FILE).exists() and (folder / "policy").is_dir():
+            return folder
+    raise FileNotFoundError(f"policy_checkpoint {str(path)!r} is not a `splitlab train` run: expected a folder "
+                            f"holding {POLICY_FILE} and policy/ (the run folder, e.g. runs/train/dyna, or its "
+                            f"policy/ folder)")
 
-    The module's action space must be ``Discrete(len(candidate_ks))`` and its observation space must
-    match ``observe`` (default :func:`observation`).
-    """
+
+def read_policy_info(path: str | Path) -> dict[str, Any]:
+    """``policy.json`` of a ``policy_checkpoint``, checked to be servable (a wireless single-user policy)."""
+    info = json.loads((policy_run_dir(path) / POLICY_FILE).read_text())
+    if info.get("observer") is None:
+        raise ValueError(f"policy_checkpoint {str(path)!r} was trained on env {info.get('env')!r} with preset "
+                         f"{info.get('preset')!r}; the service acts only with policies of the wireless "
+                         f"single-user env (env: split, preset: wireless, e.g. tune_configs/dyna.yaml), "
+                         f"whose observation a request's SNR determines")
+    return info
+
+
+def load_rllib_rule(path: str | Path, num_layers: int) -> RLlibRule:
+    """Load the policy of a ``splitlab train`` run (its folder or its ``policy/``) for a ``num_layers`` model."""
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    path = Path(path).expanduser()
-    candidates = [path, path / "learner_group" / "learner" / "rl_module" / "default_policy",
-                  path / "learner_group" / "learner" / "rl_module" / "default_module"]
-    folder = next((p for p in candidates if (p / "class_and_ctor_args.pkl").exists()), None)
-    if folder is None:
-        raise FileNotFoundError(f"policy_checkpoint {str(path)!r} holds no RLModule (looked in "
-                                f"{[str(p) for p in candidates]})")
-    module = RLModule.from_checkpoint(folder)
-    observe = observe or (lambda f: observation(f, num_layers))
-    n_actions = getattr(module.action_space, "n", None)
-    if n_actions != len(candidate_ks):
-        raise ValueError(f"policy_checkpoint has {n_actions} actions but the service offers {len(candidate_ks)} "
-                         f"split points {list(candidate_ks)}: set min_split/max_split to the policy's range")
-    probe = observe({"snr_db": 10.0, "kind": "awgn"})
-    shape = getattr(module.observation_space, "shape", None)
-    if shape is not None and tuple(shape) != probe.shape:
-        raise ValueError(f"policy_checkpoint expects observations of shape {tuple(shape)}, the service builds "
-                         f"{probe.shape}: pass a matching observe function")
-    return RLlibRule(module, candidate_ks, observe)
+    from splitlab.envs.wireless import Observer
+
+    info = read_policy_info(path)
+    if info["num_layers"] != num_layers:
+        raise ValueError(f"policy_checkpoint {str(path)!r} was trained for a {info['num_layers']}-layer model; "
+                         f"the service's model has {num_layers} layers")
+    module = RLModule.from_checkpoint(policy_run_dir(path) / "policy")
+    if getattr(module.action_space, "n", None) != len(info["candidate_ks"]):
+        raise ValueError(f"policy_checkpoint's module has {getattr(module.action_space, 'n', None)} actions but "
+                         f"its {POLICY_FILE} lists {len(info['candidate_ks'])} candidate splits")
+    return RLlibRule(module, info["candidate_ks"], Observer.from_dict(info["observer"]))
+
+
+def fit_split_range(config: ServeConfig, num_layers: int) -> ServeConfig:
+    """``config`` with a split range that holds every split its ``policy_checkpoint`` may choose.
+
+    An unset ``max_split`` becomes the policy's deepest candidate; a range set by hand that leaves some
+    candidate out is an error, since the halves would not hold the layers that split needs.
+    """
+    if not config.policy_checkpoint:
+        return config
+    ks = read_policy_info(config.policy_checkpoint)["candidate_ks"]
+    if config.max_split is None:
+        config = config.replace(max_split=max(max(ks), config.min_split))
+    low, high = config.split_range(num_layers)
+    outside = [k for k in ks if not low <= k <= high]
+    if outside:
+        raise ValueError(f"policy_checkpoint may choose splits {outside} outside the service's range [min_split="
+                         f"{low}, max_split={high}]: widen min_split/max_split to cover {ks}")
+    return config
 
 
 def make_rule(config: ServeConfig, num_layers: int) -> SplitRule:
     """The rule the config asks for: RLlib checkpoint, else measured grid, else a fixed k."""
     low, high = config.split_range(num_layers)
     if config.policy_checkpoint:
-        return load_rllib_rule(config.policy_checkpoint, range(low, high + 1), num_layers)
+        return load_rllib_rule(config.policy_checkpoint, num_layers)
     if config.policy_grid:
         from splitlab.envs.quality_grid import QualityGrid
 
