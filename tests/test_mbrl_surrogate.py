@@ -6,7 +6,7 @@ import pytest
 
 from splitlab.envs import GridRewardModel, QualityGrid, synthetic_grid
 from splitlab.envs.synthetic import sensitivity
-from splitlab.mbrl.dyna import select_uncertain, space_filling
+from splitlab.mbrl.dyna import OPTIMISM, channel_lattice, select_decisive, select_uncertain
 from splitlab.mbrl.surrogate import SurrogateConfig, SurrogateEnsemble, fit_on_grid, regression_errors
 
 L = 30
@@ -41,6 +41,21 @@ def test_fit_recovers_a_synthetic_function_on_held_out_points(fitted):
     k, v = rng.integers(0, L + 1, 200), rng.uniform(-5.0, 30.0, 200)
     mae, r2 = regression_errors(truth(k, v), ens.predict(ens.features(k, v))[0])
     assert r2 > 0.95 and mae < 0.15
+
+
+def test_the_reward_model_is_refitted_on_the_held_out_points_too():
+    rng = np.random.default_rng(3)
+    k, v = rng.integers(0, L + 1, 40), rng.uniform(-5.0, 30.0, 40)
+    y = truth(k, v)
+    fits = {}
+    for refit_all in (False, True):
+        ens = make({**FAST, "holdout": 0.5, "refit_all": refit_all})
+        fits[refit_all] = (ens.fit(ens.features(k, v), y), ens)
+    (held_out, only_train), (report, everything) = fits[False], fits[True]
+    assert report.mae == held_out.mae and report.n_test == 20  # one held-out report either way
+    errors = {name: np.abs(ens.predict(ens.features(k, v))[0] - y).mean()
+              for name, ens in (("train", only_train), ("all", everything))}
+    assert errors["all"] < 0.5 * errors["train"], errors  # the held-out half now informs the reward
 
 
 def test_spread_grows_away_from_the_data():
@@ -132,10 +147,35 @@ def test_select_uncertain_prefers_disagreement_and_skips_measured_points():
     assert select_uncertain(ens, [(6, 35.0), (6, 5.2)], 2, _FakePool(), value_range=(0.0, 30.0))[0] == [(6, 5.0)]
 
 
-def test_space_filling_covers_splits_and_values():
-    points = space_filling(range(0, 31, 3), -5.0, 30.0, 22, np.random.default_rng(0))
+def test_select_decisive_measures_what_could_change_the_best_split(fitted):
+    ens, _ = fitted
+    ks = np.array([0, 15, 30])
+
+    def decision(value, quality):  # one user; k = 30 costs 10 more than k = 0, far beyond any quality gap
+        return (-quality - 10.0 * ks / L)[None]
+
+    visited = [(30, 5.0), (15, 5.0), (0, 5.0), (0, 20.0)]
+    chosen, gains = select_decisive(ens, visited, 4, _FakePool(), ks, decision)
+    assert len(chosen) == 4 and chosen[-1] == (30, 5.0) and list(gains) == sorted(gains, reverse=True)
+    # the score: the reward with optimistic quality minus the best mean reward at that channel
+    members = ens.predict_members(ens.features(ks, np.full(3, 5.0)))
+    mean, std = members.mean(0), members.std(0)
+    best = (-mean - 10.0 * ks / L).max()
+    assert gains[chosen.index((15, 5.0))] == pytest.approx(-(mean[1] - OPTIMISM * std[1]) - 5.0 - best)
+    # measured and already chosen points are left out
+    rest, _ = select_decisive(ens, visited, 4, _FakePool(cached=[(0, 20.0)]), ks, decision, skip=[(15, 5.0)])
+    assert sorted(rest) == [(0, 5.0), (30, 5.0)]
+
+
+def test_channel_lattice_gives_every_split_the_channels_quantiles():
+    sample = np.random.default_rng(0).normal(12.0, 8.0, 20_000)
+    points = channel_lattice([3, 9, 30], lambda q: np.quantile(sample, q), 13, np.random.default_rng(1))
     ks = [k for k, _ in points]
-    vs = np.array([v for _, v in points])
-    assert sorted(set(ks)) == list(range(0, 31, 3)) and all(ks.count(k) == 2 for k in set(ks))
-    assert vs.min() >= -5.0 and vs.max() <= 30.0
-    assert np.histogram(vs, bins=11, range=(-5, 30))[0].min() >= 1  # stratified: every bin hit
+    assert (ks.count(3), ks.count(9), ks.count(30)) == (5, 4, 4)  # shares as even as 13 allows
+    for k in (3, 9, 30):
+        q = np.sort([np.mean(sample < v) for kk, v in points if kk == k])
+        m = len(q)
+        # one point per 1/m-quantile band, all at the same offset within its band
+        assert np.allclose(np.floor(q * m), np.arange(m)) and np.ptp(q * m - np.arange(m)) < 0.05
+    offsets = {k: round(min(np.mean(sample < v) for kk, v in points if kk == k), 2) for k in (3, 9, 30)}
+    assert len(set(offsets.values())) == 3  # rotated per split: the splits sample different channels

@@ -187,6 +187,19 @@ class WirelessModel:
         return wireless_reward(ppl, self.ppl_clean, k, self.num_layers, latency.total_s, self.latency_ref_s,
                                cfg.w_q, cfg.w_c, cfg.w_l)
 
+    def decision_rewards(self, snr_db: float, quality: np.ndarray, ue_budgets: np.ndarray) -> np.ndarray:
+        """[B, len(candidate_ks)] reward of every candidate at ``snr_db`` when its quality term
+        log(PPL_k / PPL_clean) is ``quality`` [len(candidate_ks)], for each UE budget [B].
+
+        What the Dyna loop weighs a prospective measurement by: would it change the best split?
+        """
+        ks = np.asarray(self.candidate_ks)
+        tx = self.link_cost(snr_db).tx_time_s
+        ppl = self.ppl_clean * np.exp(np.asarray(quality, dtype=np.float64))
+        out = [self.reward(ppl, ks, self.device.latency(ks, self.num_layers, self.hidden, tx, float(b))).total
+               for b in np.asarray(ue_budgets, dtype=np.float64)]
+        return np.asarray(out, dtype=np.float64)
+
     def action_rewards(self, user: UserState, t: int) -> np.ndarray:
         """[len(candidate_ks)] reward of every candidate at env step ``t`` from the true channel (oracle)."""
         snr = float(user.snr_db[user.index(t)])

@@ -4,21 +4,22 @@ After each training iteration :class:`DynaCallback` (an RLlib callback) hands th
 run's :class:`DynaLoop`, which
 
 1. reads from every env runner the (k, channel value) pairs the policy visited (:func:`drain_visits`),
-2. scores them with the ensemble and keeps those inside the design range where the members disagree
-   most (largest spread), skipping points already measured,
+2. scores them with the ensemble and keeps, inside the design range and not yet measured, half where
+   the members disagree most (largest spread) and half where a measurement could change the best
+   split (:func:`select_decisive`, when the run gives the loop its reward's ``decision`` model),
 3. measures up to ``evals_per_iter`` of them on the real LLM with the evaluator pool, never past the
    run's ``budget``,
 4. refits the ensemble on every measurement so far and
 5. pushes the new weights to every env runner (:func:`broadcast`).
 
-Before training, :meth:`DynaLoop.initial_design` spends ``initial_evals`` on a space-filling design
-(the clean reference perplexity counts as one), so the first iteration already learns on a surrogate
-that has seen the whole (k, value) box.
+Before training, :meth:`DynaLoop.initial_design` spends ``initial_evals`` on every split at a lattice
+of the channel values the agent will meet (:func:`channel_lattice`; the clean reference perplexity
+counts as one), so the first iteration already learns on a surrogate that has seen each split's curve.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,19 @@ MBRL_KEY = "_mbrl"
 """env_config entry naming the Dyna loop (stripped before the env is built)."""
 
 
-def space_filling(ks: Sequence[int], low: float, high: float, n: int,
-                  rng: np.random.Generator) -> list[tuple[int, float]]:
-    """``n`` (k, value) points spread over ``ks`` x [low, high]: ks cycled evenly, values stratified."""
-    ks = np.asarray(sorted(set(int(k) for k in ks)))
-    k_idx = np.round(np.linspace(0, len(ks) - 1, n)).astype(int) if n <= len(ks) else np.arange(n) % len(ks)
-    strata = (rng.permutation(n) + rng.uniform(0, 1, n)) / n  # one value per stratum of [0, 1)
-    return [(int(ks[i]), float(low + (high - low) * u)) for i, u in zip(k_idx, strata)]
+def channel_lattice(ks: Sequence[int], quantile: Callable[[np.ndarray], np.ndarray], n: int,
+                    rng: np.random.Generator) -> list[tuple[int, float]]:
+    """``n`` (k, value) points: every split gets its share, its values on a lattice of the channel's
+    quantiles (``quantile(q)`` for q in (0, 1)) rotated by a random offset per split, so each split's
+    curve is covered where the agent will act and the splits together sample many channel values."""
+    ks = sorted(set(int(k) for k in ks))
+    per = [n // len(ks) + (i < n % len(ks)) for i in range(len(ks))]
+    points = []
+    for k, m in zip(ks, per):
+        if m:
+            q = (np.arange(m) + rng.uniform(0, 1)) / m
+            points += [(k, float(v)) for v in quantile(q)]
+    return points
 
 
 def select_uncertain(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, float]], n: int,
@@ -54,10 +61,7 @@ def select_uncertain(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, f
     """
     if n <= 0 or not points:
         return [], np.zeros(0)
-    cand = list(dict.fromkeys(
-        key for key in (pool.key(k, v) for k, v in points
-                        if value_range is None or value_range[0] <= v <= value_range[1])
-        if key not in pool.cache))  # measure at the rounded value: what the cache stores
+    cand = _candidates(points, pool, value_range)
     if not cand:
         return [], np.zeros(0)
     ks = np.array([k for k, _ in cand])
@@ -65,6 +69,56 @@ def select_uncertain(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, f
     std = surrogate.spread(surrogate.features(ks, vs))  # [C], members' disagreement in the fitted space
     order = np.argsort(-std, kind="stable")[:n]
     return [cand[i] for i in order], std[order]
+
+
+Decision = Callable[[float, np.ndarray], np.ndarray]
+"""``decision(value, quality [K]) -> rewards [B, K]``: the reward of every candidate split at channel
+``value`` given its quality term log(PPL_k / PPL_clean), for B representative users (UE budgets)."""
+OPTIMISM = 2.0
+"""Standard deviations of optimism :func:`select_decisive` grants a point's quality."""
+
+
+def _candidates(points: Sequence[tuple[int, float]], pool: EvaluationPool,
+                value_range: tuple[float, float] | None) -> list[tuple[int, float]]:
+    """Distinct visited points after the pool's rounding, inside ``value_range``, not yet measured."""
+    return list(dict.fromkeys(
+        key for key in (pool.key(k, v) for k, v in points
+                        if value_range is None or value_range[0] <= v <= value_range[1])
+        if key not in pool.cache))  # measure at the rounded value: what the cache stores
+
+
+def select_decisive(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, float]], n: int,
+                    pool: EvaluationPool, ks: Sequence[int], decision: Decision,
+                    value_range: tuple[float, float] | None = None, skip: Sequence[tuple[int, float]] = ()
+                    ) -> tuple[list[tuple[int, float]], np.ndarray]:
+    """The ``n`` unmeasured visited points whose measurement most plausibly changes the best split.
+
+    A point (k, v) scores the reward k would get at v if its quality were ``OPTIMISM`` standard
+    deviations better than the ensemble's mean, minus the best mean reward among all candidate
+    splits at v, maximised over the decision model's users. Points far below the best split, or
+    well known, score low: the spread alone would spend evaluations on splits no policy picks.
+    Returns (points, scores [n]).
+    """
+    cand = [p for p in _candidates(points, pool, value_range) if p not in set(skip)]
+    if n <= 0 or not cand:
+        return [], np.zeros(0)
+    ks = np.asarray(ks)
+    index = {int(k): i for i, k in enumerate(ks)}
+    cand = [p for p in cand if p[0] in index]
+    gains = np.empty(len(cand))
+    cache: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for j, (k, v) in enumerate(cand):
+        if v not in cache:
+            members = surrogate.predict_members(surrogate.features(ks, np.full(ks.shape, v)))  # [M, K]
+            mean, std = members.mean(0), members.std(0)
+            cache[v] = (mean, std, decision(v, mean).max(1))  # best mean reward per user [B]
+        mean, std, best = cache[v]
+        i = index[k]
+        hopeful = mean.copy()
+        hopeful[i] -= OPTIMISM * std[i]  # lower log-PPL ratio: better quality
+        gains[j] = float((decision(v, hopeful)[:, i] - best).max())
+    order = np.argsort(-gains, kind="stable")[:n]
+    return [cand[i] for i in order], gains[order]
 
 
 class DynaLoop:
@@ -77,11 +131,19 @@ class DynaLoop:
         value_range: channel values (SNR dB or rho) of the initial design and of the fill-in points.
         initial_evals, evals_per_iter, budget, candidates: see ``splitlab.platform.spec.DynaSpec``.
         seed: seed of the design and of the fill-in draws.
+        channel_sample: channel values the agent will meet [N]: the initial design sits at their
+            quantiles (None: spread evenly over ``value_range``).
+        decision: the reward of every split given its quality (see :data:`Decision`); with it half of
+            each iteration's evaluations go to :func:`select_decisive`, without it all to the spread.
     """
 
     def __init__(self, surrogate: SurrogateEnsemble, pool: EvaluationPool, ks: Sequence[int],
                  value_range: tuple[float, float], initial_evals: int = 16, evals_per_iter: int = 8,
-                 budget: int = 64, candidates: int = 4096, seed: int = 0) -> None:
+                 budget: int = 64, candidates: int = 4096, seed: int = 0, decision: Decision | None = None,
+                 channel_sample: np.ndarray | None = None) -> None:
+        self.decision = decision
+        sample = None if channel_sample is None else np.asarray(channel_sample, dtype=np.float64)
+        self.channel_sample = None if sample is None else sample[(sample >= value_range[0]) & (sample <= value_range[1])]
         self.surrogate = surrogate
         self.pool = pool
         self.ks = tuple(int(k) for k in ks)
@@ -124,7 +186,10 @@ class DynaLoop:
         """Measure the reference and a space-filling design (``initial_evals`` in all), then fit."""
         self.pool.reference()
         n = min(self.initial_evals, self.budget) - self.spent
-        design = space_filling(self.ks, *self.value_range, max(n, 0), self.rng)
+        low, high = self.value_range
+        quantile = ((lambda q: np.quantile(self.channel_sample, q)) if self.channel_sample is not None
+                    and self.channel_sample.size else (lambda q: low + (high - low) * q))
+        design = channel_lattice(self.ks, quantile, max(n, 0), self.rng)
         self._measure([p for p in design if not self.pool.is_cached(*p)])
         report = self.fit()
         self.last = {**self.metrics(), **report.as_metrics()}
@@ -140,7 +205,17 @@ class DynaLoop:
         self.iterations += 1
         visited = list(visited)[-self.candidates:]
         n = min(self.evals_per_iter, self.remaining)
-        chosen, std = select_uncertain(self.surrogate, visited, n, self.pool, self.value_range)
+        # Half by disagreement (learn the surface), half by decision value (settle the best split): see
+        # benchmarks/surrogate_selection.py for how each choice scores on SmolLM2.
+        n_spread = n if self.decision is None else n - n // 2
+        chosen, std = select_uncertain(self.surrogate, visited, n_spread, self.pool, self.value_range)
+        if self.decision is not None:
+            decisive, _ = select_decisive(self.surrogate, visited, n - len(chosen), self.pool, self.ks,
+                                          self.decision, self.value_range, skip=chosen)
+            chosen = chosen + decisive
+            std = self.surrogate.spread(self.surrogate.features(np.array([k for k, _ in chosen]),
+                                                                np.array([v for _, v in chosen]))) \
+                if chosen else np.zeros(0)
         if len(chosen) < n:  # the policy explored little: spend the rest where the box is least known
             extra, extra_std = select_uncertain(self.surrogate, self.fill_in(n - len(chosen)), n - len(chosen),
                                                 self.pool, self.value_range)

@@ -166,10 +166,11 @@ class DynaSpec:
     """Dyna mode: how many real LLM evaluations refresh the surrogate, and who makes them."""
 
     initial_evals: int = 16
-    """Real evaluations before training (a space-filling design over k x channel values), the clean
-    reference perplexity included."""
+    """Real evaluations before training (every split at a lattice of the channel's quantiles), the
+    clean reference perplexity included."""
     evals_per_iter: int = 8
-    """Real evaluations after each training iteration, at the visited points the ensemble disagrees on most."""
+    """Real evaluations after each training iteration at visited points: half where the ensemble
+    disagrees most, half where a measurement could change the best split (wireless preset)."""
     budget: int = 64
     """Total real evaluations of the run (initial ones included); none are made once it is spent."""
     candidates: int = 4096

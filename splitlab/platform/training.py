@@ -84,25 +84,35 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 
 
 # ------------------------------------------------------------------------------- helpers
+def channel_sample(spec: ExperimentSpec, seed: int = 12345) -> np.ndarray | None:
+    """SNRs [N] the agent will meet: 200 sampled traces of the dynamics (with the users' offsets in the
+    multi-user env); None for the paper preset, whose channel is an erasure probability."""
+    from splitlab.envs.config import make_dynamics
+
+    if spec.env.get("preset") == "paper":
+        return None
+    dynamics = make_dynamics(spec.env.get("dynamics"))
+    rng = np.random.default_rng(seed)
+    traces = [dynamics.trace(51, rng) for _ in range(200)]
+    if spec.env_kind == "multi_user":
+        low, high = spec.env.get("user_snr_offset_db", (-5.0, 5.0))
+        traces = [t + rng.uniform(float(low), float(high)) for t in traces]
+    return np.concatenate(traces)
+
+
 def value_range(spec: ExperimentSpec, seed: int = 12345) -> tuple[float, float]:
     """Channel values the agent will meet: ``dyna.value_range``, else the 2nd-98th percentile of
-    sampled SNR traces (wireless, user offsets included) or the paper preset's rho range."""
+    :func:`channel_sample` (wireless) or the paper preset's rho range."""
     if spec.dyna.value_range is not None:
         return spec.dyna.value_range
-    from splitlab.envs.config import SplitEnvConfig, make_dynamics
+    snr = channel_sample(spec, seed)
+    if snr is None:
+        from splitlab.envs.config import SplitEnvConfig
 
-    env = {k: v for k, v in spec.env.items() if k != "env"}
-    if env.get("preset") == "paper":
-        cfg = SplitEnvConfig.from_dict({**env, "reward_model": {"kind": "synthetic"}})
-        low, high = cfg.rho_range
+        env = {k: v for k, v in spec.env.items() if k != "env"}
+        low, high = SplitEnvConfig.from_dict({**env, "reward_model": {"kind": "synthetic"}}).rho_range
         return float(low) * 0.98, float(high) * 1.02
-    dynamics = make_dynamics(env.get("dynamics"))
-    rng = np.random.default_rng(seed)
-    snr = np.concatenate([dynamics.trace(51, rng) for _ in range(200)])
     low, high = np.percentile(snr, [2, 98])
-    if spec.env_kind == "multi_user":
-        off = spec.env.get("user_snr_offset_db", (-5.0, 5.0))
-        low, high = low + float(off[0]), high + float(off[1])
     return float(low), float(high)
 
 
@@ -122,6 +132,16 @@ def _candidate_ks(spec: ExperimentSpec, env: Any) -> list[int]:
     if spec.env_kind == "split" and env.config.preset == "paper":
         return list(range(1, env.k_max + 1))
     return list(env.candidate_ks)
+
+
+def _decision_model(env: Any) -> Any:
+    """The wireless reward of every split given its quality, for UE budgets across the env's range (None
+    for the paper preset, whose candidates move k rather than pick it)."""
+    model = getattr(env, "model", None)
+    if model is None or not hasattr(model, "decision_rewards"):
+        return None
+    budgets = np.linspace(*model.config.ue_budget_range, 3)
+    return lambda value, quality: model.decision_rewards(value, quality, budgets)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -293,7 +313,8 @@ class TrainingRun:
         probe_env = _build_env(spec, surrogate)
         ks = _candidate_ks(spec, probe_env)
         self.loop = DynaLoop(surrogate, pool, ks, value_range(spec), d.initial_evals, d.evals_per_iter, d.budget,
-                             d.candidates, seed=spec.algorithm.seed)
+                             d.candidates, seed=spec.algorithm.seed, decision=_decision_model(probe_env),
+                             channel_sample=channel_sample(spec))
         if resumed:
             self.loop.set_state(saved["loop"])
         else:
