@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from processes import stop_process_group
 from splitlab.platform.submit import EXCLUDES, build_entrypoint, project_root, stage_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +86,7 @@ def ray_head():
     finally:
         session = Path(temp_dir) / "session_latest"
         name = os.path.basename(os.path.realpath(session)) if session.exists() else None
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait()
+        stop_process_group(head)
         log.close()
         if name:  # workers and the job's driver run in process groups of their own
             for proc_dir in Path("/proc").glob("[0-9]*"):

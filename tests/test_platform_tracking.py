@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import stop_process_group
 from splitlab.platform.sweep import TAG_SWEEP, TAG_SWEEP_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,13 +75,7 @@ def tracking_server(tmp_path_factory):
             time.sleep(0.5)
         yield url, exp, folder
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_process_group(server, timeout=20)
         log.close()
 
 

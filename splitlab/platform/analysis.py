@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,8 +120,9 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
                 rng = np.random.default_rng([cfg.seed, s, ci, k])
                 points[sweep, value, k, s] = (k, channel.as_corruption(rng))
     n_batches = -(-windows.shape[0] // cfg.batch_size)
+    # In a log (no terminal) a refresh every 30 s keeps the progress without flooding it.
     with tqdm(total=len(points) * n_batches, desc="analysis (k x channel x seed)", unit="tail",
-              disable=not progress) as bar:
+              disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
         ppl = perplexity_grid(model, windows, points, cfg.batch_size, on_point=bar.update)
     rows = []
     n_tokens = windows.numel()
