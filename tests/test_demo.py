@@ -1,6 +1,8 @@
 """`splitlab demo --quick` on a tiny model: every stage runs and lands its runs in MLflow."""
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 
@@ -11,15 +13,17 @@ def test_quick_demo_runs_every_stage_and_logs_to_mlflow(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--quick", "--model", "tiny-llama"]) == 0
     out = capsys.readouterr().out
-    for stage in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
+    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert f"{stage}" in out and "FAILED" not in out
     assert "Dyna PPO (ours)" in out and "oracle" in out and "make ui" in out
     assert (tmp_path / "runs/demo/analysis/heatmap_erasure.png").exists()
     assert (tmp_path / "runs/demo/surrogate_on_grid.npz").exists()
+    truth = json.loads((tmp_path / "runs/demo/truth/grid.json").read_text())
+    assert {r["k"] for r in truth["rows"]} == {1, 2, 3, 4} and len({r["value"] for r in truth["rows"]}) >= 10
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["splitlab-demo"])
     names = set(runs["tags.mlflow.runName"])
-    assert {"analyze-tiny-llama", "demo-dyna", "demo-paper"} <= names
+    assert {"analyze-tiny-llama", "demo-truth", "demo-dyna", "demo-paper"} <= names
     dyna = runs[runs["tags.mlflow.runName"] == "demo-dyna"].iloc[0]
     assert dyna["metrics.mbrl/real_evals"] <= 24  # the quick demo's Dyna budget
 
@@ -45,4 +49,4 @@ def test_full_demo_on_smollm2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "[4/4]" in out and "FAILED" not in out and "Dyna PPO (ours)" in out
+    assert "[5/5]" in out and "FAILED" not in out and "Dyna PPO (ours)" in out

@@ -199,9 +199,10 @@ def _policy_run(tmp_path, n_actions=3, **info):
     return tmp_path
 
 
-def test_rllib_rule_loads_a_train_run_and_refuses_what_it_cannot_serve(tmp_path):
+def test_rllib_rule_loads_a_train_run_and_refuses_what_it_cannot_serve(tmp_path, monkeypatch):
     run = _policy_run(tmp_path / "run")
-    for path in (run, run / "policy"):  # the run folder or its policy/ folder
+    monkeypatch.chdir(tmp_path)
+    for path in (run, run / "policy", "run/policy"):  # the run folder or its policy/ folder, relative too
         rule = load_rllib_rule(path, num_layers=4)
         assert rule({"snr_db": 7.0}) in (1, 2, 3) and rule.name == "rllib"
     obs = rule.observation({"snr_db": 25.0})  # the env's features at reset: no trend, no previous split

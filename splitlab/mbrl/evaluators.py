@@ -274,3 +274,18 @@ class PoolRewardModel(RewardModel):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **(self.pool.reference().get("describe") or {})}
+
+
+def measure_grid(pool: EvaluationPool, ks: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
+    """Measure ``ks`` x ``values`` with ``pool`` (values rounded as the pool rounds them) -> a grid in
+    ``splitlab analyze``'s ``grid.json`` format, which ``QualityGrid`` and the grid reward model read."""
+    ref = pool.reference()
+    table = pool.evaluate_grid(ks, values)  # [K, V]
+    rows = [{"k": int(k), "channel": ref["channel"], "param": ref["param"], "value": float(pool.key(k, v)[1]),
+             "ppl_mean": float(table[i, j]), "ppl_ci95": 0.0, "seeds": 1}
+            for i, k in enumerate(ks) for j, v in enumerate(values)]
+    rows = list({(r["k"], r["value"]): r for r in rows}.values())  # values that round alike, once
+    spec = pool.reward_spec
+    return {"model": str(spec.get("model", spec["kind"])), "num_layers": ref["num_layers"],
+            "hidden_size": ref["hidden_size"], "corpus": spec.get("corpus", "wiki"),
+            "tokens": spec.get("n_tokens", 0), "ppl_clean": ref["ppl_clean"], "rows": rows}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 
 @dataclass
 class DemoConfig:
@@ -62,6 +64,13 @@ def _candidate_ks(num_layers: int, quick: bool) -> list[int]:
     return list(range(step, num_layers + 1, step))
 
 
+def _quality(cfg: DemoConfig) -> dict:
+    """The real measurement behind Dyna's evaluations and the scoring truth: the model split at k, its
+    hidden state through AWGN at an SNR rounded to 1 dB."""
+    return {"kind": "live", "model": cfg.model, "corpus": "wiki", "channel": {"kind": "awgn"},
+            "n_tokens": 128 if cfg.quick else 256, "window": 64, "decimals": 0}
+
+
 def _training_spec(state: DemoState, name: str, mode: str, iterations: int) -> dict:
     """A wireless-preset spec like tune_configs/dyna.yaml, sized for the demo."""
     cfg = state.cfg
@@ -69,8 +78,7 @@ def _training_spec(state: DemoState, name: str, mode: str, iterations: int) -> d
     grid = state.results["analysis"]["grid"]
     spec = {
         "name": name, "mode": mode,
-        "quality": {"kind": "live", "model": cfg.model, "corpus": "wiki", "channel": {"kind": "awgn"},
-                    "n_tokens": 128 if quick else 256, "window": 64, "decimals": 0},
+        "quality": _quality(cfg),
         "env": {"env": "split", "preset": "wireless", "candidate_ks": _candidate_ks(grid["num_layers"], quick),
                 "dynamics": {"kind": "gauss_markov", "mean_db": 12.0, "std_db": 8.0, "corr": 0.9},
                 "w_q": 1.0, "w_c": 0.5, "w_l": 0.5},
@@ -81,10 +89,10 @@ def _training_spec(state: DemoState, name: str, mode: str, iterations: int) -> d
         "surrogate": {"members": 5, "hidden": [128, 128], "epochs": 300 if quick else 800, "holdout": 0.2},
         "dyna": {"initial_evals": 12 if quick else 24, "evals_per_iter": 4 if quick else 6,
                  "budget": 24 if quick else 80, "evaluators": 1, "evaluator_cpus": 0.0},
-        # Held-out scoring against the measured grid of stage 1: the oracle needs every candidate k at
-        # every SNR the traces visit, which live evaluation would pay for again in every run.
+        # Held-out scoring against the truth grid (stage 3): the oracle needs every candidate k at every
+        # SNR the traces visit, which live evaluation would pay for again in every run.
         "evaluation": {"episodes": 5 if quick else 20, "baselines": True,
-                       "truth": {"kind": "grid", "path": str(Path(cfg.out) / "analysis"), "channel": "awgn"}},
+                       "truth": {"kind": "grid", "path": str(Path(cfg.out) / "truth"), "channel": "awgn"}},
         "checkpoint": {"every": 1, "keep": 1},
         "tracking": {"enabled": True, "uri": cfg.tracking_uri, "experiment": "splitlab-demo"},
         "out": str(Path(cfg.out) / "train"),
@@ -107,18 +115,54 @@ def stage_surrogate(state: DemoState) -> None:
           f"(log PPL ratio); saved {path}")
 
 
+def stage_truth(state: DemoState) -> None:
+    """Every candidate split x SNR every 2 dB over the channels the traces visit, measured once with the
+    same evaluation as Dyna's: the truth both agents are scored on. No agent sees it."""
+    import json
+
+    import mlflow
+
+    from splitlab.mbrl.evaluators import EvaluationPool, measure_grid
+    from splitlab.platform.spec import ExperimentSpec
+    from splitlab.platform.tracking import use_tracking
+    from splitlab.platform.training import ensure_ray, value_range
+
+    spec = ExperimentSpec.from_dict(_training_spec(state, "truth", "dyna", 1))
+    low, high = value_range(spec)
+    values = [float(v) for v in np.arange(2 * np.floor(low / 2), 2 * np.ceil(high / 2) + 1, 2.0)]
+    ks = spec.env["candidate_ks"]
+    ensure_ray()
+    start = time.perf_counter()
+    with EvaluationPool(spec.quality, n_actors=2) as pool:
+        grid = measure_grid(pool, ks, values)
+        seconds = pool.eval_time_s
+    folder = Path(state.cfg.out) / "truth"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "grid.json").write_text(json.dumps(grid, indent=1))
+    state.results["truth"] = {"points": len(grid["rows"]), "path": folder / "grid.json"}
+    use_tracking(state.cfg.tracking_uri, "splitlab-demo")
+    with mlflow.start_run(run_name="demo-truth"):
+        mlflow.set_tag("splitlab.kind", "truth")
+        mlflow.log_params({"model": state.cfg.model, "ks": ks, "snr_db": values, "n_tokens": spec.quality["n_tokens"]})
+        mlflow.log_metrics({"truth/points": len(grid["rows"]), "truth/eval_s": seconds,
+                            "quality/ppl_clean": grid["ppl_clean"]})
+        mlflow.log_artifact(str(folder / "grid.json"))
+    print(f"    {len(ks)} splits x {len(values)} SNRs ({values[0]:g}..{values[-1]:g} dB) in "
+          f"{time.perf_counter() - start:.0f} s; {folder / 'grid.json'}")
+
+
 def _train(state: DemoState, key: str, mode: str, iterations: int) -> None:
     from splitlab.platform.training import run_training
 
     result = run_training(_training_spec(state, f"demo-{key}", mode, iterations), resume=False)
     state.results[key] = result
     m = result.metrics
-    print(f"    return vs oracle {m.get('policy/return_ratio', float('nan')):.3f}; real LLM evaluations "
-          f"{m.get('mbrl/real_evals', 0):.0f}; {m.get('time/wall_s', 0):.0f} s")
+    print(f"    score {m.get('policy/return_vs_oracle', float('nan')):.3f} (random = 0, oracle = 1); real LLM "
+          f"evaluations {m.get('mbrl/real_evals', 0):.0f}; {m.get('time/wall_s', 0):.0f} s")
 
 
 def stage_dyna(state: DemoState) -> None:
-    _train(state, "dyna", "dyna", 3 if state.cfg.quick else 8)
+    _train(state, "dyna", "dyna", 3 if state.cfg.quick else 12)
 
 
 def stage_paper(state: DemoState) -> None:
@@ -128,6 +172,7 @@ def stage_paper(state: DemoState) -> None:
 def stages() -> list[Stage]:
     return [("split-point analysis (erasure + AWGN)", stage_analysis),
             ("reward surrogate on the measured grid", stage_surrogate),
+            ("truth for scoring: every candidate split x SNR every 2 dB on the real model", stage_truth),
             ("Dyna PPO: 2 env runners x 8 simulated users, surrogate refreshed by real evaluations", stage_dyna),
             ("paper mode: PPO on the grid-fitted surrogate alone", stage_paper)]
 

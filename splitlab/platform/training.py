@@ -270,6 +270,7 @@ class TrainingRun:
         """Measure ``paper.ks`` x ``paper.values`` with the pool; write grid.json in analyze's format."""
         from splitlab.envs.quality_grid import QualityGrid
         from splitlab.envs.reward_models import GridRewardModel
+        from splitlab.mbrl.evaluators import measure_grid
 
         spec, pool = self.spec, self._pool()
         ref = pool.reference()
@@ -282,15 +283,8 @@ class TrainingRun:
                 ks = list(range(1, k_max + 1))
         values = list(spec.paper.values) if spec.paper.values else list(np.linspace(*value_range(spec), 6))
         self._say(f"measuring the grid: {len(ks)} splits x {len(values)} channel values on the real model")
-        table = pool.evaluate_grid(ks, values)  # [K, V]
+        grid = measure_grid(pool, ks, values)
         self.extra_eval_s = pool.eval_time_s
-        rows = [{"k": int(k), "channel": ref["channel"], "param": ref["param"], "value": float(pool.key(k, v)[1]),
-                 "ppl_mean": float(table[i, j]), "ppl_ci95": 0.0, "seeds": 1}
-                for i, k in enumerate(ks) for j, v in enumerate(values)]
-        rows = list({(r["k"], r["value"]): r for r in rows}.values())
-        grid = {"model": str(spec.quality.get("model", spec.quality["kind"])), "num_layers": ref["num_layers"],
-                "hidden_size": ref["hidden_size"], "corpus": spec.quality.get("corpus", "wiki"),
-                "tokens": spec.quality.get("n_tokens", 0), "ppl_clean": ref["ppl_clean"], "rows": rows}
         grid_path.write_text(json.dumps(grid, indent=1))
         return GridRewardModel(QualityGrid.from_dict(grid, ref["channel"])), pool.real_evals
 

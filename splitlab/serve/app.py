@@ -8,6 +8,7 @@ by deployment name (``SplitIngress``, ``SplitPolicy``, ``UEHalf``, ``EdgeHalf``)
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -35,6 +36,10 @@ def edge_autoscaling(config: ServeConfig) -> dict[str, Any]:
 def build_app(config: ServeConfig) -> Application:
     """The bound application for ``config``; validates the split range against the model first."""
     num_layers = model_facts(config.model).num_layers
+    # Paths as the caller meant them: replicas may run in another working directory (and RLlib
+    # reads a relative checkpoint path as a URI without a scheme).
+    config = config.replace(**{name: str(Path(getattr(config, name)).expanduser().resolve())
+                               for name in ("policy_checkpoint", "policy_grid") if getattr(config, name)})
     config = fit_split_range(config, num_layers)
     config.fixed_split(num_layers)
     args = config.to_dict()

@@ -131,7 +131,7 @@ def load_rllib_rule(path: str | Path, num_layers: int) -> RLlibRule:
     if info["num_layers"] != num_layers:
         raise ValueError(f"policy_checkpoint {str(path)!r} was trained for a {info['num_layers']}-layer model; "
                          f"the service's model has {num_layers} layers")
-    module = RLModule.from_checkpoint(policy_run_dir(path) / "policy")
+    module = RLModule.from_checkpoint((policy_run_dir(path) / "policy").resolve())  # RLlib wants absolute paths
     if getattr(module.action_space, "n", None) != len(info["candidate_ks"]):
         raise ValueError(f"policy_checkpoint's module has {getattr(module.action_space, 'n', None)} actions but "
                          f"its {POLICY_FILE} lists {len(info['candidate_ks'])} candidate splits")
