@@ -237,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the paper end to end: analysis, surrogate, Dyna PPO, baselines, summary",
         description="This runs the main job on the embedded local Ray: a coarse split-point analysis, the reward "
                     "surrogate, PPO across many simulated users, evaluation against baselines and the oracle, "
-                    "all logged to MLflow. How to run: splitlab demo (about 15 min on 2 cores) or "
-                    "splitlab demo --quick (about 3 min). Results to expect: a line per stage with elapsed time, "
+                    "all logged to MLflow. How to run: splitlab demo (about 8 min on 2 cores) or "
+                    "splitlab demo --quick (about 2 min). Results to expect: a line per stage with elapsed time, "
                     "then a results table, where the plots are, and how to open the MLflow UI.",
     )
     demo.add_argument("--model", default="smollm2", help="smollm2 (default), or tiny-llama for a smoke test")
-    demo.add_argument("--quick", action="store_true", help="the same story at a smaller size (about 3 min)")
+    demo.add_argument("--quick", action="store_true", help="the same story at a smaller size (about 2 min)")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     demo.set_defaults(func=cmd_demo)

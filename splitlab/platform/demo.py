@@ -21,7 +21,7 @@ class DemoConfig:
     model: str = "smollm2"
     """Model spec (tests use tiny-llama)."""
     quick: bool = False
-    """The same story at a smaller size (about 3 minutes on 2 cores)."""
+    """The same story at a smaller size (about 2 minutes on 2 cores, the full demo about 8)."""
     out: str = "runs/demo"
     """Output folder for tables and plots."""
     tracking_uri: str | None = None
