@@ -26,6 +26,9 @@ def test_quick_demo_runs_every_stage_and_logs_to_mlflow(tmp_path, monkeypatch, c
     assert {"analyze-tiny-llama", "demo-truth", "demo-dyna", "demo-paper"} <= names
     dyna = runs[runs["tags.mlflow.runName"] == "demo-dyna"].iloc[0]
     assert dyna["metrics.mbrl/real_evals"] <= 24  # the quick demo's Dyna budget
+    import ray
+
+    assert not ray.is_initialized()  # the demo leaves no Ray behind in the caller's process
 
 
 def test_a_failing_stage_is_named_and_earlier_stages_stay(tmp_path, monkeypatch, capsys):

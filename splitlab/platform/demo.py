@@ -131,11 +131,17 @@ def stage_truth(state: DemoState) -> None:
     low, high = value_range(spec)
     values = [float(v) for v in np.arange(2 * np.floor(low / 2), 2 * np.ceil(high / 2) + 1, 2.0)]
     ks = spec.env["candidate_ks"]
-    ensure_ray()
+    started_ray = ensure_ray()
     start = time.perf_counter()
-    with EvaluationPool(spec.quality, n_actors=2) as pool:
-        grid = measure_grid(pool, ks, values)
-        seconds = pool.eval_time_s
+    try:
+        with EvaluationPool(spec.quality, n_actors=2) as pool:
+            grid = measure_grid(pool, ks, values)
+            seconds = pool.eval_time_s
+    finally:
+        if started_ray:  # leave Ray as found: each training stage starts and stops its own
+            import ray
+
+            ray.shutdown()
     folder = Path(state.cfg.out) / "truth"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "grid.json").write_text(json.dumps(grid, indent=1))
