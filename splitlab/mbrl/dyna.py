@@ -183,7 +183,7 @@ class DynaLoop:
         return self.surrogate.fit_points(self.data_k, self.data_v, self.data_ppl)
 
     def initial_design(self) -> FitReport:
-        """Measure the reference and a space-filling design (``initial_evals`` in all), then fit."""
+        """Measure the reference and the lattice design (``initial_evals`` in all), then fit."""
         self.pool.reference()
         n = min(self.initial_evals, self.budget) - self.spent
         low, high = self.value_range

@@ -5,9 +5,10 @@ One run, in order:
 1. **Rewards for the agent** (``mode``):
    - ``paper``: fit the surrogate ensemble on a measured grid (given, or measured now with the
      evaluator pool), then train on surrogate rewards only;
-   - ``dyna``: measure a small space-filling design with the pool, fit, train; after every iteration
-     :class:`~splitlab.mbrl.dyna.DynaCallback` refreshes the surrogate from the visited points the
-     ensemble disagrees on most, within the real-evaluation budget, and pushes it to every env runner;
+   - ``dyna``: measure every split at a lattice of channel values with the pool, fit, train; after every
+     iteration :class:`~splitlab.mbrl.dyna.DynaCallback` refreshes the surrogate from visited points
+     (where the ensemble disagrees most, and where a measurement could change the best split), within
+     the real-evaluation budget, and pushes it to every env runner;
    - ``model_free``: the env runners score every step with the real quality itself (a live LLM
      reward model is loaded once per runner and caches its points).
 2. **Training** with RLlib (PPO or DQN, new API stack), checkpointing every ``checkpoint.every``
