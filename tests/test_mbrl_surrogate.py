@@ -117,6 +117,8 @@ def test_fit_on_grid_uses_every_grid_point():
     ({"hidden": "128"}, "surrogate.hidden"),
     ({"holdout": 0.95}, "surrogate.holdout"),
     ({"width": 3}, r"unknown surrogate keys \['width'\]"),
+    ({"split_encoding": "binary"}, "surrogate.split_encoding must be one of"),
+    ({"refit_all": "yes"}, "surrogate.refit_all must be true or false"),
 ])
 def test_bad_surrogate_config_names_the_field(change, message):
     with pytest.raises(ValueError, match=message):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from splitlab.channel import ChannelConfig, GaussMarkovSNR, PathLossMobility
-from splitlab.channel.validation import check_choice, check_int, check_range
+from splitlab.channel.validation import check_choice, check_int, check_range, dataclass_from_mapping
 from splitlab.envs.device import DeviceModel
 from splitlab.envs.reward_models import RewardModel
 
@@ -170,18 +170,9 @@ class SplitEnvConfig:
         """Build from a mapping (YAML section, RLlib ``env_config``); unknown keys are an error."""
         if isinstance(d, SplitEnvConfig):
             return d
-        if d is None:
-            d = {}
-        if not isinstance(d, Mapping):
-            raise ValueError(f"env config must be a mapping, got {type(d).__name__}")
-        d = dict(d)
-        if d.get("env") == "split":  # the make_env selector, harmless here
-            d.pop("env")
-        accepted = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown env config keys {unknown}; accepted keys: {accepted}")
-        return cls(**d)
+        if isinstance(d, Mapping) and d.get("env") == "split":  # the make_env selector, harmless here
+            d = {k: v for k, v in d.items() if k != "env"}
+        return dataclass_from_mapping(cls, d, "env config")
 
     def replace(self, **changes: Any) -> SplitEnvConfig:
         """A validated copy with some fields changed."""

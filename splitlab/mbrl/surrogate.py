@@ -18,13 +18,13 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from splitlab.channel.validation import check_int, check_range
+from splitlab.channel.validation import check_bool, check_choice, check_int, check_range, dataclass_from_mapping
 from splitlab.envs.reward_models import RewardModel, SurrogateRewardModel
 
 
@@ -78,14 +78,10 @@ class SurrogateConfig:
         check_int("surrogate.epochs", self.epochs, 1)
         check_range("surrogate.lr", self.lr, 0.0, 1.0, low_open=True)
         check_range("surrogate.weight_decay", self.weight_decay, 0.0)
-        if not isinstance(self.bootstrap, bool):
-            raise ValueError(f"surrogate.bootstrap must be true or false, got {self.bootstrap!r}")
-        if not isinstance(self.refit_all, bool):
-            raise ValueError(f"surrogate.refit_all must be true or false, got {self.refit_all!r}")
+        check_bool("surrogate.bootstrap", self.bootstrap)
+        check_bool("surrogate.refit_all", self.refit_all)
         check_range("surrogate.holdout", self.holdout, 0.0, 0.9)
-        if self.split_encoding not in SPLIT_ENCODINGS:
-            raise ValueError(f"surrogate.split_encoding must be one of {list(SPLIT_ENCODINGS)}, "
-                             f"got {self.split_encoding!r}")
+        check_choice("surrogate.split_encoding", self.split_encoding, SPLIT_ENCODINGS)
         check_int("surrogate.seed", self.seed, 0)
         if self.target_scale is not None:
             check_range("surrogate.target_scale", self.target_scale, 0.0, low_open=True)
@@ -94,12 +90,7 @@ class SurrogateConfig:
     def from_dict(cls, d: Mapping[str, Any] | SurrogateConfig | None) -> SurrogateConfig:
         if isinstance(d, SurrogateConfig):
             return d
-        d = dict(d or {})
-        accepted = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown surrogate keys {unknown}; accepted keys: {accepted}")
-        return cls(**d)
+        return dataclass_from_mapping(cls, d, "surrogate")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from splitlab.channel.validation import check_bool, check_int
 from splitlab.serve.profiles import CHANNEL_PROFILES
 
 
@@ -73,31 +74,31 @@ class ServeConfig:
     """Serve health-check period of the halves (how fast a dead replica is replaced)."""
 
     def __post_init__(self) -> None:
-        _check_type("model", self.model, str)
+        _check_str("model", self.model)
         if not self.model:
             raise ValueError("model must be a non-empty model spec, e.g. 'smollm2' or 'tiny-llama'")
-        _check_int("min_split", self.min_split, 0)
+        check_int("min_split", self.min_split, 0)
         for name in ("max_split", "default_split", "max_context"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0)
+                check_int(name, getattr(self, name), 0)
         if self.max_split is not None and self.max_split < self.min_split:
             raise ValueError(f"max_split ({self.max_split}) must be >= min_split ({self.min_split})")
         for name in ("policy_grid", "policy_checkpoint"):
             if getattr(self, name) is not None:
-                _check_type(name, getattr(self, name), str)
-        _check_type("policy_grid_channel", self.policy_grid_channel, str)
+                _check_str(name, getattr(self, name))
+        _check_str("policy_grid_channel", self.policy_grid_channel)
         for name in ("w_q", "w_c"):
             _check_float(name, getattr(self, name), 0.0)
         if self.default_profile not in CHANNEL_PROFILES:
             raise ValueError(f"default_profile must be one of {sorted(CHANNEL_PROFILES)}, got {self.default_profile!r}")
-        _check_int("max_tokens_limit", self.max_tokens_limit, 1)
-        _check_type("wait_link", self.wait_link, bool)
-        _check_int("edge_min_replicas", self.edge_min_replicas, 1)
-        _check_int("edge_max_replicas", self.edge_max_replicas, self.edge_min_replicas)
+        check_int("max_tokens_limit", self.max_tokens_limit, 1)
+        check_bool("wait_link", self.wait_link)
+        check_int("edge_min_replicas", self.edge_min_replicas, 1)
+        check_int("edge_max_replicas", self.edge_max_replicas, self.edge_min_replicas)
         _check_float("edge_target_ongoing_requests", self.edge_target_ongoing_requests, 0.0, low_open=True)
-        _check_int("ue_replicas", self.ue_replicas, 1)
+        check_int("ue_replicas", self.ue_replicas, 1)
         _check_float("replica_cpus", self.replica_cpus, 0.0)
-        _check_int("max_streams", self.max_streams, 1)
+        check_int("max_streams", self.max_streams, 1)
         for name in ("session_ttl_s", "edge_retry_s", "health_check_period_s"):
             _check_float(name, getattr(self, name), 0.0, low_open=True)
 
@@ -172,20 +173,16 @@ def model_facts(spec: str) -> ModelFacts:
     return ModelFacts(int(cfg.num_hidden_layers), int(cfg.hidden_size), int(positions))
 
 
-def _check_type(name: str, value: Any, kind: type) -> None:
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def _check_float(name: str, value: Any, low: float, low_open: bool = False) -> None:
+    # A scalar only: the shared check_range also accepts arrays, which no setting here is.
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (low_open and value == low):
         raise ValueError(f"{name} must be a finite number {'>' if low_open else '>='} {low}, got {value!r}")
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a str, got {value!r}")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
