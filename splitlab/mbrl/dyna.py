@@ -99,12 +99,12 @@ def select_decisive(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, fl
     well known, score low: the spread alone would spend evaluations on splits no policy picks.
     Returns (points, scores [n]).
     """
-    cand = [p for p in _candidates(points, pool, value_range) if p not in set(skip)]
-    if n <= 0 or not cand:
-        return [], np.zeros(0)
     ks = np.asarray(ks)
     index = {int(k): i for i, k in enumerate(ks)}
-    cand = [p for p in cand if p[0] in index]
+    skip = set(skip)
+    cand = [p for p in _candidates(points, pool, value_range) if p not in skip and p[0] in index]
+    if n <= 0 or not cand:
+        return [], np.zeros(0)
     gains = np.empty(len(cand))
     cache: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for j, (k, v) in enumerate(cand):
