@@ -12,6 +12,7 @@ edge that lost the request's cache can be brought back with one resend (``resend
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -220,7 +221,17 @@ class UEHalf:
         finally:
             # Also on cancellation (client gone): free the edge's cache now rather than at its TTL.
             self.active.discard(req.request_id)
-            self.edge.options(multiplexed_model_id=req.request_id).release.remote(req.request_id)
+            self._release(req.request_id)
+
+    def _release(self, request_id: str) -> None:
+        """Ask the edge to free a request's cache, detached from the request being handled.
+
+        When a request is cancelled, Serve also cancels the calls it made that are still being routed;
+        a release made in the request's own context would race that and sometimes lose. A fresh context
+        gives the call its own request id.
+        """
+        release = self.edge.options(multiplexed_model_id=request_id).release.remote
+        contextvars.Context().run(release, request_id)
 
     async def stats(self) -> dict[str, Any]:
         return {"active": len(self.active), "max_split": self.model.part_k, "num_layers": self.model.num_layers}
