@@ -7,7 +7,7 @@ import pytest
 from splitlab.envs import GridRewardModel, QualityGrid, synthetic_grid
 from splitlab.envs.synthetic import sensitivity
 from splitlab.mbrl.dyna import OPTIMISM, channel_lattice, select_decisive, select_uncertain
-from splitlab.mbrl.surrogate import SurrogateConfig, SurrogateEnsemble, fit_on_grid, regression_errors
+from splitlab.mbrl.surrogate import FitReport, SurrogateConfig, SurrogateEnsemble, fit_on_grid, regression_errors
 
 L = 30
 FAST = {"members": 5, "epochs": 400, "seed": 0}
@@ -41,6 +41,15 @@ def test_fit_recovers_a_synthetic_function_on_held_out_points(fitted):
     k, v = rng.integers(0, L + 1, 200), rng.uniform(-5.0, 30.0, 200)
     mae, r2 = regression_errors(truth(k, v), ens.predict(ens.features(k, v))[0])
     assert r2 > 0.95 and mae < 0.15
+
+
+def test_describe_prints_r2_only_when_enough_points_were_held_out(fitted):
+    _, report = fitted
+    assert report.describe() == f"MAE {report.mae:.3f} on 60 held-out points, R^2 {report.r2:.3f}"
+    few = FitReport(n_train=10, n_test=2, mae=0.36, r2=-119.8, train_mae=0.1, train_r2=0.9, seconds=1.0)
+    assert few.describe() == "MAE 0.360 on 2 held-out points"
+    none_held = FitReport(n_train=4, n_test=0, mae=0.2, r2=0.5, train_mae=0.2, train_r2=0.5, seconds=1.0)
+    assert none_held.describe() == "MAE 0.200 on 4 training points"
 
 
 def test_the_reward_model_is_refitted_on_the_held_out_points_too():

@@ -93,6 +93,11 @@ class SurrogateConfig:
         return dataclass_from_mapping(cls, d, "surrogate")
 
 
+MIN_R2_POINTS = 5
+"""Fewest points :meth:`FitReport.describe` prints an R^2 for: on 2-4 points their spread is often tiny
+and R^2 swings to large negative values that say nothing about the fit."""
+
+
 @dataclass
 class FitReport:
     """Error of one fit, on the held-out points and on the training points (in y units)."""
@@ -108,6 +113,12 @@ class FitReport:
     seconds: float
     history: list[float] = field(default_factory=list)
     """Training loss (standardised MSE) every 100 steps."""
+
+    def describe(self) -> str:
+        """One log line: MAE and on how many points; R^2 only where enough points make it meaningful."""
+        n, where = (self.n_test, "held-out") if self.n_test else (self.n_train, "training")
+        r2 = f", R^2 {self.r2:.3f}" if n >= MIN_R2_POINTS and np.isfinite(self.r2) else ""
+        return f"MAE {self.mae:.3f} on {n} {where} points{r2}"
 
     def as_metrics(self, prefix: str = "mbrl/surrogate_") -> dict[str, float]:
         return {f"{prefix}mae": self.mae, f"{prefix}r2": self.r2, f"{prefix}train_mae": self.train_mae,

@@ -111,8 +111,7 @@ def stage_surrogate(state: DemoState) -> None:
     ensemble, report, n = fit_on_grid(GridRewardModel(grid), SurrogateConfig(epochs=300 if state.cfg.quick else 800))
     path = ensemble.save(Path(state.cfg.out) / "surrogate_on_grid.npz")
     state.results["surrogate"] = {"report": report, "points": n, "path": path}
-    print(f"    {n} measured points; held-out MAE {report.mae:.3f}, R^2 {report.r2:.3f} "
-          f"(log PPL ratio); saved {path}")
+    print(f"    {n} measured points; {report.describe()} (log PPL ratio); saved {path}")
 
 
 def stage_truth(state: DemoState) -> None:
@@ -249,7 +248,7 @@ def print_summary(state: DemoState, total_s: float) -> None:
                   f"{s['best_ppl']:>8.2f} {s['paper_reward_best_k']!s:>15}")
     surrogate = state.results.get("surrogate")
     if surrogate:
-        print(f"surrogate: held-out MAE {surrogate['report'].mae:.3f}, R^2 {surrogate['report'].r2:.3f}")
+        print(f"surrogate (log PPL ratio): {surrogate['report'].describe()}")
     rows = results_table(state)
     if rows:
         print("held-out channel traces (score: random = 0, oracle = 1):")

@@ -259,7 +259,7 @@ class TrainingRun:
         self.state["grid_points"] = self.extra_evals
         self.state["grid_eval_s"] = self.extra_eval_s
         self.surrogate.save(surrogate_path)
-        self._say(f"surrogate fitted on {points} grid points: held-out MAE {report.mae:.4f}, R^2 {report.r2:.4f}")
+        self._say(f"surrogate fitted on {points} grid points: {report.describe()}")
         return self._surrogate_spec(surrogate_path)
 
     def _paper_ks(self, model: Any) -> list[int] | None:
@@ -316,8 +316,8 @@ class TrainingRun:
             self._say(f"initial design: {d.initial_evals} real evaluations over k in {ks[0]}..{ks[-1]} x "
                       f"{self.loop.value_range[0]:.3g}..{self.loop.value_range[1]:.3g}")
             report = self.loop.initial_design()
-            self._say(f"surrogate fitted on {len(self.loop.data_ppl)} points: held-out MAE {report.mae:.4f}, "
-                      f"R^2 {report.r2:.4f}; {pool.real_evals} real evaluations")
+            self._say(f"surrogate fitted on {len(self.loop.data_ppl)} points: {report.describe()}; "
+                      f"{pool.real_evals} real evaluations")
         self.surrogate = surrogate
         surrogate.save(surrogate_path)
         LOOPS[self.loop_key] = self.loop
