@@ -37,8 +37,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     cfg = AnalysisConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, window=args.window,
                          splits=args.splits, channels=args.channels, rho=args.rho, snr_db=args.snr,
-                         channel_settings=dict(args.set), seeds=args.seeds, seed=args.seed, out=args.out,
-                         tracking_uri=args.tracking_uri)
+                         channel_settings=dict(args.set), tasks=args.tasks, task_items=args.task_items,
+                         seeds=args.seeds, seed=args.seed, out=args.out, tracking_uri=args.tracking_uri)
     grid, files, run_id = run_analysis(cfg, log=not args.no_mlflow)
     print(f"clean perplexity {grid['ppl_clean']:.3f} ({grid['tokens']} tokens of {grid['corpus']}); "
           f"{len(grid['rows'])} points in {grid['wall_time_s']:.0f} s")
@@ -46,6 +46,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for s in summarise(grid):
         print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s['best_k']:>6} "
               f"{s['best_ppl']:>9.2f} {s['worst_k']:>7} {s['worst_ppl']:>9.2f} {s['paper_reward_best_k']!s:>7}")
+    for task, info in grid["tasks"].items():
+        print(f"{task} accuracy ({info['items']} items, clean {info['acc_clean']:.3f}):")
+        print(f"{'channel':<18} {'setting':<13} {'best k':>6} {'acc':>6} {'worst acc':>9}")
+        for s in summarise(grid):
+            print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s[task + '_best_k']:>6} "
+                  f"{s[task + '_best_acc']:>6.3f} {s[task + '_worst_acc']:>9.3f}")
     print(f"outputs in {args.out}/ ({len(files)} files)" + (f"; MLflow run {run_id}" if run_id else ""))
     return 0
 
@@ -207,11 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser(
         "analyze", help="grid of split point x channel: perplexity, link cost, plots, MLflow run",
-        description="This computes how the split point k and the channel change perplexity: every k x channel "
-                    "setting x noise seed, reusing one clean pass per batch and rerunning only tails. "
-                    "How to run: splitlab analyze --model smollm2 --tokens 1024 --seeds 3 --out runs/analysis. "
-                    "Results to expect: grid.json/csv with mean perplexity and 95% CI per point, link_cost.csv, "
-                    "heatmaps and line plots per channel, a summary table of the best k per setting, one MLflow run.",
+        description="This computes how the split point k and the channel change perplexity (and, with --tasks, "
+                    "LAMBADA / HellaSwag accuracy): every k x channel setting x noise seed, reusing one clean "
+                    "pass per batch and rerunning only tails. "
+                    "How to run: splitlab analyze --model smollm2 --tokens 1024 --seeds 3 --out runs/analysis "
+                    "[--tasks lambada,hellaswag --task-items 50]. "
+                    "Results to expect: grid.json/csv with mean perplexity (and accuracy) and 95% CI per point, "
+                    "link_cost.csv, heatmaps and line plots per channel, a summary table of the best k per "
+                    "setting, one MLflow run.",
     )
     analyze.add_argument("--model", default="smollm2", help="smollm2, tiny-llama, tiny-gpt2, or a local checkpoint")
     analyze.add_argument("--corpus", default="wiki", choices=["wiki", "lambada"])
@@ -227,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="mean SNRs in dB for awgn and digital (default 0,5,10,15,20,30)")
     analyze.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                          help="channel setting for every sweep, e.g. --set fading=rayleigh --set quant=int8")
+    analyze.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x], default=[],
+                         help="accuracy tasks at every point too: lambada, hellaswag (comma-separated; slow)")
+    analyze.add_argument("--task-items", type=int, default=50, help="items per task (default 50)")
     analyze.add_argument("--seeds", type=int, default=3, help="noise seeds per point (default 3)")
     analyze.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     analyze.add_argument("--out", default="runs/analysis", help="output folder (default runs/analysis)")

@@ -33,11 +33,39 @@ def test_analyze_writes_grid_plots_and_mlflow_run(tmp_path, monkeypatch, capsys)
     assert {"grid.json", "heatmap_erasure.png"} <= artifacts
 
 
+def test_analyze_with_tasks_adds_accuracy_rows_plots_and_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["analyze", "--model", "tiny-llama", "--tokens", "128", "--window", "64", "--seeds", "2",
+                 "--splits", "0,3", "--channels", "awgn", "--snr=-10,30", "--tasks", "lambada,hellaswag",
+                 "--task-items", "4", "--out", "out"])
+    assert code == 0
+    grid = json.loads((tmp_path / "out" / "grid.json").read_text())
+    assert set(grid["tasks"]) == {"lambada", "hellaswag"} and grid["tasks"]["hellaswag"]["items"] == 4
+    for row in grid["rows"]:
+        for task in ("lambada", "hellaswag"):
+            # 4 items x 2 seeds: every mean is a multiple of 1/8
+            assert (8 * row[f"acc_{task}_mean"]).is_integer() and row[f"acc_{task}_ci95"] >= 0
+    for name in ("acc_lambada_awgn.png", "acc_hellaswag_awgn.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"hellaswag_best_k", "hellaswag_best_acc", "lambada_worst_acc"} <= set(summary)
+    out = capsys.readouterr().out
+    assert "hellaswag accuracy (4 items, clean" in out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["splitlab-analysis"]).iloc[0]
+    assert run["metrics.quality/acc_clean/hellaswag"] == pytest.approx(grid["tasks"]["hellaswag"]["acc_clean"])
+    assert run["params.tasks"] == "lambada,hellaswag"
+
+
 def test_bad_analysis_settings_are_named(capsys):
     with pytest.raises(ValueError, match="channels must be a non-empty list"):
         AnalysisConfig(channels=["fm-radio"])
     with pytest.raises(ValueError, match="rho"):
         AnalysisConfig(rho=[1.5])
+    with pytest.raises(ValueError, match=r"tasks must be a list from \['lambada', 'hellaswag'\]"):
+        AnalysisConfig(tasks=["mmlu"])
+    with pytest.raises(ValueError, match="task_items must be >= 1"):
+        AnalysisConfig(tasks=["lambada"], task_items=0)
     with pytest.raises(SystemExit):
         main(["analyze", "--model", "tiny-llama", "--set", "fading=sometimes", "--no-mlflow"])
     assert "fading" in capsys.readouterr().err

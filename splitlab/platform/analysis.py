@@ -3,7 +3,9 @@
 For every batch of token windows the clean hidden states after every layer come from one pass
 (``SplitModel.layer_states``); each (k, channel setting, seed) point only reruns the tail. Results:
 ``grid.json`` / ``grid.csv`` (mean perplexity over seeds with a 95% confidence interval),
-``link_cost.csv``, a heatmap and line plots per channel, and one MLflow run holding all of it.
+``link_cost.csv``, a heatmap and line plots per channel, and one MLflow run holding all of it. With
+``tasks`` the same points also get LAMBADA / HellaSwag accuracy (``acc_<task>_mean`` and ``_ci95`` in
+every row), again with one clean pass per sequence.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from splitlab.channel import Channel, ChannelConfig, link_cost
+from splitlab.llm.evaluation import TASKS
 
 # Named sweeps: which ChannelConfig they start from and which field they vary.
 SWEEPS: dict[str, tuple[dict, str]] = {
@@ -52,6 +55,10 @@ class AnalysisConfig:
     """Mean SNRs (dB) for the AWGN and digital sweeps."""
     channel_settings: dict = field(default_factory=dict)
     """ChannelConfig fields applied to every sweep (e.g. fading: rayleigh, quant: int8)."""
+    tasks: list[str] = field(default_factory=list)
+    """Accuracy tasks measured at every point too: lambada, hellaswag (slow: one tail per item and point)."""
+    task_items: int = 50
+    """Items per task (the first ones of the test / validation split)."""
     seeds: int = 3
     """Noise seeds averaged per point."""
     seed: int = 0
@@ -71,6 +78,11 @@ class AnalysisConfig:
             raise ValueError(f"channels must be a non-empty list from {sorted(SWEEPS)}, got {self.channels}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"tasks must be a list from {list(TASKS)}, got {self.tasks}")
+        if self.task_items < 1:
+            raise ValueError(f"task_items must be >= 1, got {self.task_items}")
         for name, values in (("rho", self.rho), ("snr_db", self.snr_db)):
             if not values:
                 raise ValueError(f"{name} must list at least one value")
@@ -102,7 +114,7 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
     """Run the grid; returns the ``grid.json`` dict (see ``splitlab.envs.quality_grid``)."""
     from splitlab.llm import SplitModel
     from splitlab.llm.corpora import token_windows
-    from splitlab.llm.evaluation import perplexity, perplexity_grid
+    from splitlab.llm.evaluation import accuracy_grid, perplexity, perplexity_grid
 
     start = time.perf_counter()
     model = SplitModel.load(cfg.model)
@@ -124,6 +136,13 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
     with tqdm(total=len(points) * n_batches, desc="analysis (k x channel x seed)", unit="tail",
               disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
         ppl = perplexity_grid(model, windows, points, cfg.batch_size, on_point=bar.update)
+    acc, tasks = {}, {}
+    for task in cfg.tasks:
+        items = task_items(task)[:cfg.task_items]
+        with tqdm(total=len(items), desc=f"{task} accuracy ({len(points)} points per item)", unit="item",
+                  disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
+            acc[task] = accuracy_grid(model, task, items, {**points, "clean": (0, None)}, on_item=bar.update)
+        tasks[task] = {"items": len(items), "acc_clean": acc[task]["clean"]}
     rows = []
     n_tokens = windows.numel()
     for sweep, param, value in cfg.points():
@@ -131,12 +150,23 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
         cost = link_cost(n_tokens, model.hidden_size, ccfg, snr_db=value if param == "snr_db" else None)
         for k in splits:
             samples = np.array([ppl[sweep, value, k, s] for s in range(cfg.seeds)])
-            rows.append({"k": k, "channel": sweep, "param": param, "value": float(value),
-                         "ppl_mean": float(samples.mean()), "ppl_ci95": _ci95(samples), "seeds": cfg.seeds,
-                         "payload_bytes": cost.payload_bytes, "tx_time_s": cost.tx_time_s})
+            row = {"k": k, "channel": sweep, "param": param, "value": float(value),
+                   "ppl_mean": float(samples.mean()), "ppl_ci95": _ci95(samples), "seeds": cfg.seeds,
+                   "payload_bytes": cost.payload_bytes, "tx_time_s": cost.tx_time_s}
+            for task, by_point in acc.items():
+                hits = np.array([by_point[sweep, value, k, s] for s in range(cfg.seeds)])
+                row.update({f"acc_{task}_mean": float(hits.mean()), f"acc_{task}_ci95": _ci95(hits)})
+            rows.append(row)
     return {"model": cfg.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
-            "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits,
+            "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits, "tasks": tasks,
             "config": asdict(cfg), "wall_time_s": time.perf_counter() - start, "rows": rows}
+
+
+def task_items(task: str) -> tuple:
+    """The items of an accuracy task, in the corpus's order."""
+    from splitlab.llm.corpora import hellaswag, lambada
+
+    return {"lambada": lambada, "hellaswag": hellaswag}[task]()
 
 
 def summarise(grid: dict) -> list[dict]:
@@ -156,7 +186,19 @@ def summarise(grid: dict) -> list[dict]:
             paper_k = int(g.ks[allowed][np.argmax(reward[allowed])]) if allowed.any() else None
             out.append({"channel": sweep, "param": g.param, "value": float(value), "best_k": best,
                         "best_ppl": float(col.min()), "worst_k": int(g.ks[np.argmax(col)]),
-                        "worst_ppl": float(col.max()), "paper_reward_best_k": paper_k})
+                        "worst_ppl": float(col.max()), "paper_reward_best_k": paper_k,
+                        **_task_summary(grid, sweep, float(value))})
+    return out
+
+
+def _task_summary(grid: dict, sweep: str, value: float) -> dict:
+    """Per accuracy task: the k with the highest accuracy at one channel setting (smallest k on ties)."""
+    rows = sorted((r for r in grid["rows"] if r["channel"] == sweep and r["value"] == value), key=lambda r: r["k"])
+    out = {}
+    for task in grid.get("tasks", {}):
+        best = max(rows, key=lambda r: r[f"acc_{task}_mean"])  # max keeps the first of equals
+        out.update({f"{task}_best_k": best["k"], f"{task}_best_acc": best[f"acc_{task}_mean"],
+                    f"{task}_worst_acc": min(r[f"acc_{task}_mean"] for r in rows)})
     return out
 
 
@@ -199,14 +241,19 @@ def log_to_mlflow(cfg: AnalysisConfig, grid: dict, files: list[Path]) -> str:
         mlflow.set_tag("splitlab.kind", "analysis")
         mlflow.log_params({"model": cfg.model, "corpus": cfg.corpus, "tokens": grid["tokens"],
                            "window": cfg.window, "seeds": cfg.seeds, "channels": ",".join(cfg.channels),
+                           "tasks": ",".join(cfg.tasks) or "none", "task_items": cfg.task_items,
                            "splits": ",".join(map(str, grid["splits"])),
                            **{f"channel.{k}": v for k, v in cfg.channel_settings.items()}})
         mlflow.log_metric("quality/ppl_clean", grid["ppl_clean"])
+        for task, info in grid.get("tasks", {}).items():
+            mlflow.log_metric(f"quality/acc_clean/{task}", info["acc_clean"])
         mlflow.log_metric("time/wall_s", grid["wall_time_s"])
         for s in summarise(grid):
             tag = f"{s['channel']}_{s['param']}_{s['value']:g}".replace(".", "p")
             mlflow.log_metric(f"quality/best_ppl/{tag}", s["best_ppl"])
             mlflow.log_metric(f"quality/best_k/{tag}", s["best_k"])
+            for task in grid.get("tasks", {}):
+                mlflow.log_metric(f"quality/best_acc/{task}/{tag}", s[f"{task}_best_acc"])
         for f in files:
             mlflow.log_artifact(str(f))
         return run.info.run_id

@@ -12,7 +12,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_grid(grid: dict, out: Path) -> list[Path]:
-    """Write heatmap_<channel>.png and lines_<channel>.png for every channel, and best_k.png."""
+    """Write heatmap_<channel>.png and lines_<channel>.png for every channel, best_k.png, and
+acc_<task>_<channel>.png for every accuracy task measured."""
     from splitlab.envs.quality_grid import QualityGrid
 
     files: list[Path] = []
@@ -51,7 +52,29 @@ def plot_grid(grid: dict, out: Path) -> list[Path]:
         ax_best[0, i].set_title(sweep)
     fig_best.tight_layout()
     files.append(_save(fig_best, out / "best_k.png"))
+    for task, info in grid.get("tasks", {}).items():
+        files += [_plot_accuracy(grid, task, info, sweep, out) for sweep in sweeps]
     return files
+
+
+def _plot_accuracy(grid: dict, task: str, info: dict, sweep: str, out: Path) -> Path:
+    """acc_<task>_<sweep>.png: accuracy vs k, a line per channel setting, the clean accuracy dashed."""
+    rows = [r for r in grid["rows"] if r["channel"] == sweep]
+    values = sorted({r["value"] for r in rows})
+    colors = plt.cm.viridis(np.linspace(0, 1, len(values)))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for color, value in zip(colors, values):
+        line = sorted((r for r in rows if r["value"] == value), key=lambda r: r["k"])
+        ax.errorbar([r["k"] for r in line], [r[f"acc_{task}_mean"] for r in line],
+                    yerr=[r[f"acc_{task}_ci95"] for r in line], color=color, marker=".", capsize=2,
+                    label=f"{rows[0]['param']}={value:g}")
+    ax.axhline(info["acc_clean"], color="k", ls="--", lw=1, label="clean")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("split point k (layers on the UE)")
+    ax.set_ylabel(f"{task} accuracy ({info['items']} items)")
+    ax.set_title(f"{grid['model']}: {task} accuracy vs split, {sweep} channel")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out / f"acc_{task}_{sweep}.png")
 
 
 def _save(fig, path: Path) -> Path:
