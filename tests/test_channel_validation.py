@@ -55,6 +55,19 @@ def test_check_range_open_bounds_and_arrays():
         check_range("ber", np.array([0.1, 0.2, 0.7]), 0.0, 0.5)
 
 
+@pytest.mark.parametrize("value", [1.5, np.float32(1.5), np.int64(2), math.nan, -math.inf])
+def test_check_range_says_the_same_of_a_scalar_and_a_0d_array(value):
+    messages = []
+    for form in (value, np.asarray(value)):  # scalars take a fast path
+        with pytest.raises(ValueError) as err:
+            check_range("snr_linear", form, 0.0, 1.0, high_open=True)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert check_range("snr_linear", np.float32(0.5), 0.0, 1.0) == np.float32(0.5)
+    with pytest.raises(ValueError, match="must be a number"):
+        check_range("snr_linear", np.bool_(True), 0.0, 1.0)
+
+
 def test_check_finite_choice_int_bool():
     with pytest.raises(ValueError, match="snr_db must be finite"):
         check_finite("snr_db", np.array([1.0, np.nan]))

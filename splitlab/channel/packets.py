@@ -11,6 +11,7 @@ bit error rate, are constant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -63,17 +64,8 @@ class PacketLayout:
         return np.minimum(starts + self.packet_bits, self.n_bits) - starts
 
     def segments(self) -> Segments:
-        """Split the stream at every packet and token boundary."""
-        packet_starts = np.arange(0, self.n_bits, self.packet_bits, dtype=np.int64)
-        token_starts = np.arange(0, self.n_bits, self.token_bits, dtype=np.int64)
-        start = np.union1d(packet_starts, token_starts)  # sorted and unique
-        length = np.diff(np.append(start, self.n_bits))
-        return Segments(
-            start=start,
-            length=length,
-            packet=start // self.packet_bits,
-            token=start // self.token_bits,
-        )
+        """Split the stream at every packet and token boundary (read-only arrays, shared between calls)."""
+        return _segments(self.n_bits, self.token_bits, self.packet_bits)
 
     def element_packets(self, hidden: int, side_bits: int, bits_per_element: int) -> np.ndarray:
         """Packet index of every element, for analog links that fade per packet.
@@ -86,3 +78,16 @@ class PacketLayout:
         token_offset = np.arange(self.n_tokens, dtype=np.int64)[:, None] * self.token_bits
         element_offset = side_bits + np.arange(hidden, dtype=np.int64)[None, :] * bits_per_element
         return (token_offset + element_offset) // self.packet_bits
+
+
+@lru_cache(maxsize=256)
+def _segments(n_bits: int, token_bits: int, packet_bits: int) -> Segments:
+    # Cached: an environment costs the same few payload sizes on every step.
+    packet_starts = np.arange(0, n_bits, packet_bits, dtype=np.int64)
+    token_starts = np.arange(0, n_bits, token_bits, dtype=np.int64)
+    start = np.union1d(packet_starts, token_starts)  # sorted and unique
+    length = np.diff(np.append(start, n_bits))
+    arrays = (start, length, start // packet_bits, start // token_bits)
+    for array in arrays:
+        array.setflags(write=False)
+    return Segments(*arrays)

@@ -55,15 +55,26 @@ def check_range(
     ``check_range("rho", rho, 0.0, 1.0)`` accepts [0, 1]; ``low_open=True`` excludes ``low``.
     Returns ``value`` unchanged so that it can be used inline.
     """
+    if isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        # Scalars skip the array round trip: environments check an SNR on every step.
+        x = float(value)
+        if not math.isfinite(x):
+            raise ValueError(f"{name} must be finite, got {x!r}")
+        if (x <= low if low_open else x < low) or (x >= high if high_open else x > high):
+            raise ValueError(f"{name} must be in {_interval(low, high, low_open, high_open)}, got {x!r}")
+        return value
     check_finite(name, value)
     array = _as_float_array(name, value)
     below = array <= low if low_open else array < low
     above = array >= high if high_open else array > high
     bad = below | above
     if bad.any():
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {_describe(array, bad)}")
+        raise ValueError(f"{name} must be in {_interval(low, high, low_open, high_open)}, got {_describe(array, bad)}")
     return value
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:

@@ -69,7 +69,8 @@ def _plot_accuracy(grid: dict, task: str, info: dict, sweep: str, out: Path) -> 
                     yerr=[r[f"acc_{task}_ci95"] for r in line], color=color, marker=".", capsize=2,
                     label=f"{rows[0]['param']}={value:g}")
     ax.axhline(info["acc_clean"], color="k", ls="--", lw=1, label="clean")
-    ax.set_ylim(0, 1)
+    top = max([info["acc_clean"]] + [r[f"acc_{task}_mean"] + r[f"acc_{task}_ci95"] for r in rows])
+    ax.set_ylim(0, min(1.0, 1.2 * top + 0.02))
     ax.set_xlabel("split point k (layers on the UE)")
     ax.set_ylabel(f"{task} accuracy ({info['items']} items)")
     ax.set_title(f"{grid['model']}: {task} accuracy vs split, {sweep} channel")
