@@ -11,8 +11,9 @@ This example steps the environments with the measured-grid reward model (a synth
 
 How to run:  .venv/bin/python benchmarks/env_throughput.py [--seconds 2] [--rounds 3] [--rllib-steps 1500]
 
-Results to expect: thousands of single-user steps/s in process (the link-cost model dominates);
-16 users (about 8 active with the default churn) cost about 10x per env step. Through RLlib the module's forward pass and episode
+Results to expect: about 10,000 single-user steps/s in process on a quiet 2-core machine (the
+link-cost model is the largest part); 16 users (about 8 active with the default churn) cost about
+10x per env step. Through RLlib the module's forward pass and episode
 bookkeeping dominate, so steps/s drop by an order of magnitude; on 2 shared cores 2 runners give
 well under 2x (the driver and both runners compete for the same cores). Writes
 ``benchmarks/results/env_throughput.json``.
