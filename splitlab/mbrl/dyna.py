@@ -73,7 +73,8 @@ def select_uncertain(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, f
 
 Decision = Callable[[float, np.ndarray], np.ndarray]
 """``decision(value, quality [K]) -> rewards [B, K]``: the reward of every candidate split at channel
-``value`` given its quality term log(PPL_k / PPL_clean), for B representative users (UE budgets)."""
+``value`` given its quality term log(PPL_k / PPL_clean), for B representative users (UE budgets).
+Each split's reward depends on its own quality only."""
 OPTIMISM = 2.0
 """Standard deviations of optimism :func:`select_decisive` grants a point's quality."""
 
@@ -106,17 +107,16 @@ def select_decisive(surrogate: SurrogateEnsemble, points: Sequence[tuple[int, fl
     if n <= 0 or not cand:
         return [], np.zeros(0)
     gains = np.empty(len(cand))
-    cache: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    by_value: dict[float, np.ndarray] = {}
     for j, (k, v) in enumerate(cand):
-        if v not in cache:
+        if v not in by_value:
             members = surrogate.predict_members(surrogate.features(ks, np.full(ks.shape, v)))  # [M, K]
             mean, std = members.mean(0), members.std(0)
-            cache[v] = (mean, std, decision(v, mean).max(1))  # best mean reward per user [B]
-        mean, std, best = cache[v]
-        i = index[k]
-        hopeful = mean.copy()
-        hopeful[i] -= OPTIMISM * std[i]  # lower log-PPL ratio: better quality
-        gains[j] = float((decision(v, hopeful)[:, i] - best).max())
+            # A split's reward depends on its own quality only, so one call scores every split's hope:
+            # quality OPTIMISM std better (lower log-PPL ratio) against the best mean reward per user.
+            hopeful = decision(v, mean - OPTIMISM * std)  # [B, K]
+            by_value[v] = hopeful - decision(v, mean).max(1, keepdims=True)
+        gains[j] = float(by_value[v][:, index[k]].max())
     order = np.argsort(-gains, kind="stable")[:n]
     return [cand[i] for i in order], gains[order]
 
