@@ -43,13 +43,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"clean perplexity {grid['ppl_clean']:.3f} ({grid['tokens']} tokens of {grid['corpus']}); "
           f"{len(grid['rows'])} points in {grid['wall_time_s']:.0f} s")
     print(f"{'channel':<18} {'setting':<13} {'best k':>6} {'PPL':>9} {'worst k':>7} {'PPL':>9} {'paper k':>7}")
-    for s in summarise(grid):
+    summary = summarise(grid)
+    for s in summary:
         print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s['best_k']:>6} "
               f"{s['best_ppl']:>9.2f} {s['worst_k']:>7} {s['worst_ppl']:>9.2f} {s['paper_reward_best_k']!s:>7}")
     for task, info in grid["tasks"].items():
         print(f"{task} accuracy ({info['items']} items, clean {info['acc_clean']:.3f}):")
         print(f"{'channel':<18} {'setting':<13} {'best k':>6} {'acc':>6} {'worst acc':>9}")
-        for s in summarise(grid):
+        for s in summary:
             print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s[task + '_best_k']:>6} "
                   f"{s[task + '_best_acc']:>6.3f} {s[task + '_worst_acc']:>9.3f}")
     print(f"outputs in {args.out}/ ({len(files)} files)" + (f"; MLflow run {run_id}" if run_id else ""))

@@ -132,15 +132,12 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
                 rng = np.random.default_rng([cfg.seed, s, ci, k])
                 points[sweep, value, k, s] = (k, channel.as_corruption(rng))
     n_batches = -(-windows.shape[0] // cfg.batch_size)
-    # In a log (no terminal) a refresh every 30 s keeps the progress without flooding it.
-    with tqdm(total=len(points) * n_batches, desc="analysis (k x channel x seed)", unit="tail",
-              disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
+    with _bar(len(points) * n_batches, "analysis (k x channel x seed)", "tail", progress) as bar:
         ppl = perplexity_grid(model, windows, points, cfg.batch_size, on_point=bar.update)
     acc, tasks = {}, {}
     for task in cfg.tasks:
         items = task_items(task)[:cfg.task_items]
-        with tqdm(total=len(items), desc=f"{task} accuracy ({len(points)} points per item)", unit="item",
-                  disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
+        with _bar(len(items), f"{task} accuracy ({len(points)} points per item)", "item", progress) as bar:
             acc[task] = accuracy_grid(model, task, items, {**points, "clean": (0, None)}, on_item=bar.update)
         tasks[task] = {"items": len(items), "acc_clean": acc[task]["clean"]}
     rows = []
@@ -160,6 +157,12 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
     return {"model": cfg.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
             "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits, "tasks": tasks,
             "config": asdict(cfg), "wall_time_s": time.perf_counter() - start, "rows": rows}
+
+
+def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
+    # In a log (no terminal) a refresh every 30 s keeps the progress without flooding it.
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 def task_items(task: str) -> tuple:
