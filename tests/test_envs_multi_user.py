@@ -89,8 +89,8 @@ def test_actions_must_match_the_active_agents():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"num_users": 0}, "num_users must be an integer"),
-    ({"leave_prob": 1.5}, r"leave_prob must be in \[0.0, 1.0\]"),
+    ({"num_users": 0}, "num_users must be greater than or equal to 1, got 0"),
+    ({"leave_prob": 1.5}, "leave_prob must be less than or equal to 1, got 1.5"),
     ({"preset": "paper"}, "preset must be 'wireless'"),
     ({"users": 3}, r"unknown multi-user env config keys \['users'\]"),
     ({"candidate_ks": []}, "candidate_ks must list at least one"),

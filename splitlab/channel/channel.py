@@ -10,13 +10,12 @@ the corruption itself (erasure mask, noise, or bit errors and retries).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
 
 from splitlab.channel.corruption import awgn, erasure
 from splitlab.channel.digital import (
@@ -50,15 +49,8 @@ from splitlab.channel.quantisation import (
     lost_elements,
     token_bits,
 )
-from splitlab.channel.validation import (
-    check_bool,
-    check_choice,
-    check_hidden_states,
-    check_int,
-    check_range,
-    check_rng,
-    dataclass_from_mapping,
-)
+from splitlab.channel.validation import check_hidden_states, check_int, check_range, check_rng
+from splitlab.config import Bool, ConfigModel, Float, Int, PositiveFloat
 
 CHANNEL_KINDS = ("clean", "erasure", "awgn", "digital")
 """Accepted values of ``kind``."""
@@ -67,75 +59,53 @@ MAX_RETX_LIMIT = 100
 """Upper bound on ``max_retx``; beyond it a retry budget is a typo, not a protocol."""
 
 
-@dataclass(frozen=True)
-class ChannelConfig:
+class ChannelConfig(ConfigModel):
     """How the hidden state travels from the UE to the edge. Validated on construction.
 
     Fields that a kind does not use are still validated, so a spec cannot carry a silent typo.
     """
 
-    kind: str = "clean"
+    label: ClassVar[str] = "channel config"
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal[CHANNEL_KINDS] = "clean"
     """``clean`` (no corruption), ``erasure``, ``awgn`` (analog) or ``digital`` (quantise,
     modulate, bit errors, packets)."""
-    rho: float = 0.0
+    rho: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.0
     """Erasure probability per element, in [0, 1] (``erasure``)."""
-    snr_db: float = 20.0
+    snr_db: Float = 20.0
     """Mean SNR per symbol in dB (Es/N0); ``transmit(snr_db=...)`` overrides it per call."""
-    per_channel: bool = False
+    per_channel: Bool = False
     """``awgn``: normalise noise power per hidden channel instead of per token."""
-    fading: str = "none"
+    fading: Literal[FADING_KINDS] = "none"
     """Block fading: ``none``, ``rayleigh`` or ``nakagami``."""
-    nakagami_m: float = 1.0
+    nakagami_m: Annotated[Float, Field(ge=NAKAGAMI_M_RANGE[0], le=NAKAGAMI_M_RANGE[1])] = 1.0
     """Nakagami shape m >= 0.5 (``nakagami`` only; m = 1 is Rayleigh)."""
-    fading_block: str = "packet"
+    fading_block: Literal[FADING_BLOCKS] = "packet"
     """One fading gain per ``packet`` or per ``token``."""
-    quant: str = "fp16"
+    quant: Literal[QUANT_FORMATS] = "fp16"
     """Wire format: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (per-token absmax, fp32 scale). Sets the
     payload size of every kind and the bits the ``digital`` link corrupts."""
-    modulation: str = "qpsk"
+    modulation: Literal[MODULATIONS] = "qpsk"
     """``digital``: ``bpsk``, ``qpsk`` or ``16qam`` (Gray coded); sets BER and rate."""
-    packet_bits: int = 12000
+    packet_bits: Annotated[Int, Field(ge=8, multiple_of=8)] = 12000
     """Payload bits per packet (1500 bytes), a multiple of 8; also the fading block for
     ``fading_block='packet'``."""
-    on_packet_error: str = "erase"
+    on_packet_error: Literal[PACKET_ERROR_POLICIES] = "erase"
     """``digital``: a packet failing its CRC is ``erase``d, ``retransmit``ted, or ``deliver``ed
     with its bit errors (no CRC)."""
-    max_retx: int = 3
+    max_retx: Annotated[Int, Field(ge=0, le=MAX_RETX_LIMIT)] = 3
     """Most retransmissions per packet before it is erased, in [0, 100]."""
-    bandwidth_hz: float = 20e6
+    bandwidth_hz: PositiveFloat = 20e6
     """Channel bandwidth in Hz (20 MHz, one LTE/NR carrier)."""
 
-    def __post_init__(self) -> None:
-        check_choice("kind", self.kind, CHANNEL_KINDS)
-        check_range("rho", self.rho, 0.0, 1.0)
-        check_range("snr_db", self.snr_db)  # any finite dB value
-        check_bool("per_channel", self.per_channel)
-        check_choice("fading", self.fading, FADING_KINDS)
-        check_range("nakagami_m", self.nakagami_m, *NAKAGAMI_M_RANGE)
-        check_choice("fading_block", self.fading_block, FADING_BLOCKS)
-        check_choice("quant", self.quant, QUANT_FORMATS)
-        check_choice("modulation", self.modulation, MODULATIONS)
-        check_int("packet_bits", self.packet_bits, 8)
-        if self.packet_bits % 8:
-            raise ValueError(f"packet_bits must be a multiple of 8, got {self.packet_bits}")
-        check_choice("on_packet_error", self.on_packet_error, PACKET_ERROR_POLICIES)
-        check_int("max_retx", self.max_retx, 0, MAX_RETX_LIMIT)
-        check_range("bandwidth_hz", self.bandwidth_hz, 0.0, low_open=True)
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ChannelConfig:
+    def from_dict(cls, d: Mapping[str, Any] | ChannelConfig, name: str = "") -> ChannelConfig:
         """Build from a mapping (e.g. a YAML ``channel:`` section); unknown keys are an error."""
         if d is None:  # a config must be given here; None is not "defaults"
-            raise ValueError(f"channel config must be a mapping of {[f.name for f in fields(cls)]}, got None")
-        return dataclass_from_mapping(cls, d, "channel config")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, e.g. for logging as run parameters."""
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> ChannelConfig:
-        """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+            raise ValueError(f"channel config must be a mapping of {list(cls.model_fields)}, got None")
+        return super().from_dict(d, name)
 
 
 def _mean_snr_db(cfg: ChannelConfig, snr_db: float | None) -> float:

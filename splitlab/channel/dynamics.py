@@ -9,12 +9,14 @@ transmission, or the two would be counted twice.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field, model_validator
 
 from splitlab.channel.fading import FADING_KINDS, NAKAGAMI_M_RANGE, fading_gains, instantaneous_snr_db
-from splitlab.channel.validation import check_choice, check_int, check_range, check_rng
+from splitlab.channel.validation import check_int, check_range, check_rng
+from splitlab.config import ConfigModel, Float, NonNegativeFloat, PositiveFloat
 
 SPEED_OF_LIGHT_M_S = 299_792_458.0
 THERMAL_NOISE_DBM_PER_HZ = -174.0
@@ -27,9 +29,7 @@ def _add_step_fading(snr_db: np.ndarray, fading: str, m: float, rng: np.random.G
     return instantaneous_snr_db(snr_db, fading_gains(fading, snr_db.size, rng, m))
 
 
-def _check_fading(fading: str, m: float) -> None:
-    check_choice("fading", fading, FADING_KINDS)
-    check_range("nakagami_m", m, *NAKAGAMI_M_RANGE)
+NakagamiM = Annotated[Float, Field(ge=NAKAGAMI_M_RANGE[0], le=NAKAGAMI_M_RANGE[1])]
 
 
 def reflect_into(x: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -43,8 +43,7 @@ def reflect_into(x: np.ndarray, low: float, high: float) -> np.ndarray:
     return low + width - np.abs(y - width)
 
 
-@dataclass(frozen=True)
-class GaussMarkovSNR:
+class GaussMarkovSNR(ConfigModel):
     """First-order Gauss-Markov (AR(1)) SNR in dB.
 
     ``x[t+1] = mean_db + corr * (x[t] - mean_db) + sqrt(1 - corr**2) * std_db * w[t]``,
@@ -52,26 +51,22 @@ class GaussMarkovSNR:
     ``corr**k``; starting from it (``initial_db=None``) keeps every step stationary.
     """
 
-    mean_db: float = 15.0
-    """Long-run mean SNR in dB."""
-    std_db: float = 5.0
-    """Stationary standard deviation in dB (>= 0)."""
-    corr: float = 0.9
-    """Lag-1 correlation in [0, 1]; 1 freezes the SNR, 0 draws it afresh every step."""
-    initial_db: float | None = None
-    """First value; None draws it from the stationary law."""
-    fading: str = "none"
-    """Per-step block fading on top: ``none``, ``rayleigh`` or ``nakagami``."""
-    nakagami_m: float = 1.0
-    """Nakagami shape for ``fading='nakagami'``."""
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        check_range("mean_db", self.mean_db)
-        check_range("std_db", self.std_db, 0.0)
-        check_range("corr", self.corr, 0.0, 1.0)
-        if self.initial_db is not None:
-            check_range("initial_db", self.initial_db)
-        _check_fading(self.fading, self.nakagami_m)
+    kind: Literal["gauss_markov"] = "gauss_markov"
+    """Selects this model in a ``dynamics:`` section."""
+    mean_db: Float = 15.0
+    """Long-run mean SNR in dB."""
+    std_db: NonNegativeFloat = 5.0
+    """Stationary standard deviation in dB (>= 0)."""
+    corr: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.9
+    """Lag-1 correlation in [0, 1]; 1 freezes the SNR, 0 draws it afresh every step."""
+    initial_db: Float | None = None
+    """First value; None draws it from the stationary law."""
+    fading: Literal[FADING_KINDS] = "none"
+    """Per-step block fading on top: ``none``, ``rayleigh`` or ``nakagami``."""
+    nakagami_m: NakagamiM = 1.0
+    """Nakagami shape for ``fading='nakagami'``."""
 
     def trace(self, n_steps: int, rng: np.random.Generator) -> np.ndarray:
         """``[n_steps]`` SNR in dB."""
@@ -87,8 +82,7 @@ class GaussMarkovSNR:
         return _add_step_fading(self.mean_db + deviation, self.fading, self.nakagami_m, rng)
 
 
-@dataclass(frozen=True)
-class PathLossMobility:
+class PathLossMobility(ConfigModel):
     """A UE on a random walk in distance, with log-distance path loss and log-normal shadowing.
 
     ``snr_db = tx_power_dbm - path_loss_db(d) - shadowing - noise_dbm`` with
@@ -101,50 +95,49 @@ class PathLossMobility:
     With the defaults the mean SNR runs from about 44 dB at 10 m to about 0 dB at 300 m.
     """
 
-    d_min_m: float = 10.0
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["path_loss"] = "path_loss"
+    """Selects this model in a ``dynamics:`` section."""
+    d_min_m: PositiveFloat = 10.0
     """Closest distance to the base station in metres."""
-    d_max_m: float = 300.0
+    d_max_m: PositiveFloat = 300.0
     """Farthest distance in metres."""
-    initial_distance_m: float | None = None
+    initial_distance_m: PositiveFloat | None = None
     """Starting distance; None draws it uniformly in ``[d_min_m, d_max_m]``."""
-    step_std_m: float = 5.0
+    step_std_m: NonNegativeFloat = 5.0
     """Standard deviation of the distance change per step in metres."""
-    path_loss_exponent: float = 3.0
+    path_loss_exponent: Annotated[Float, Field(gt=0.0, le=10.0)] = 3.0
     """Log-distance exponent n (2 free space, about 3 to 4 urban)."""
-    reference_distance_m: float = 1.0
+    reference_distance_m: PositiveFloat = 1.0
     """d0, where the free-space loss anchors the log-distance law; <= d_min_m."""
-    carrier_hz: float = 3.5e9
+    carrier_hz: PositiveFloat = 3.5e9
     """Carrier frequency (3.5 GHz, NR band n78)."""
-    shadowing_std_db: float = 4.0
+    shadowing_std_db: NonNegativeFloat = 4.0
     """Log-normal shadowing standard deviation in dB."""
-    shadowing_decorrelation_m: float = 20.0
+    shadowing_decorrelation_m: PositiveFloat = 20.0
     """Distance over which shadowing correlation falls to 1/e."""
-    tx_power_dbm: float = 23.0
+    tx_power_dbm: Float = 23.0
     """UE transmit power (23 dBm, a typical handset)."""
-    noise_figure_db: float = 7.0
+    noise_figure_db: NonNegativeFloat = 7.0
     """Receiver noise figure in dB."""
-    bandwidth_hz: float = 20e6
+    bandwidth_hz: PositiveFloat = 20e6
     """Noise bandwidth in Hz; keep equal to the channel's ``bandwidth_hz``."""
-    fading: str = "none"
+    fading: Literal[FADING_KINDS] = "none"
     """Per-step block fading on top: ``none``, ``rayleigh`` or ``nakagami``."""
-    nakagami_m: float = 1.0
+    nakagami_m: NakagamiM = 1.0
     """Nakagami shape for ``fading='nakagami'``."""
 
-    def __post_init__(self) -> None:
-        check_range("d_min_m", self.d_min_m, 0.0, low_open=True)
-        check_range("d_max_m", self.d_max_m, self.d_min_m)
-        if self.initial_distance_m is not None:
-            check_range("initial_distance_m", self.initial_distance_m, self.d_min_m, self.d_max_m)
-        check_range("step_std_m", self.step_std_m, 0.0)
-        check_range("path_loss_exponent", self.path_loss_exponent, 0.0, 10.0, low_open=True)
-        check_range("reference_distance_m", self.reference_distance_m, 0.0, self.d_min_m, low_open=True)
-        check_range("carrier_hz", self.carrier_hz, 0.0, low_open=True)
-        check_range("shadowing_std_db", self.shadowing_std_db, 0.0)
-        check_range("shadowing_decorrelation_m", self.shadowing_decorrelation_m, 0.0, low_open=True)
-        check_range("tx_power_dbm", self.tx_power_dbm)
-        check_range("noise_figure_db", self.noise_figure_db, 0.0)
-        check_range("bandwidth_hz", self.bandwidth_hz, 0.0, low_open=True)
-        _check_fading(self.fading, self.nakagami_m)
+    @model_validator(mode="after")
+    def _distances_ordered(self) -> PathLossMobility:
+        if self.d_max_m < self.d_min_m:
+            raise ValueError(f"d_max_m must be >= d_min_m={self.d_min_m}, got {self.d_max_m}")
+        if self.initial_distance_m is not None and not self.d_min_m <= self.initial_distance_m <= self.d_max_m:
+            raise ValueError(f"initial_distance_m must be in [{self.d_min_m}, {self.d_max_m}], "
+                             f"got {self.initial_distance_m}")
+        if self.reference_distance_m > self.d_min_m:
+            raise ValueError(f"reference_distance_m must be <= d_min_m={self.d_min_m}, got {self.reference_distance_m}")
+        return self
 
     @property
     def noise_power_dbm(self) -> float:

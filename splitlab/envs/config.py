@@ -1,200 +1,186 @@
-"""Configuration of :class:`~splitlab.envs.split_env.SplitEnv`: one validated dataclass, two presets.
+"""Configuration of :class:`~splitlab.envs.split_env.SplitEnv`: one validated model, two presets.
 
 Fields that only one preset reads are still validated, so a spec cannot carry a silent typo. Fields
 left at ``None`` take the preset's default when the environment is built (they need the model depth).
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from splitlab.channel import ChannelConfig, GaussMarkovSNR, PathLossMobility
-from splitlab.channel.validation import check_choice, check_int, check_range, dataclass_from_mapping
+from splitlab.config import (
+    ConfigError,
+    ConfigModel,
+    Float,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    describe_error,
+)
 from splitlab.envs.device import DeviceModel
-from splitlab.envs.reward_models import RewardModel
+from splitlab.envs.reward_models import REWARD_MODEL_KINDS, RewardModel
+from splitlab.envs.reward_specs import parse_reward_spec
 
 PRESETS = ("paper", "wireless")
 """Accepted values of ``preset``."""
 PAPER_ACTIONS = ("relative", "absolute")
 """Accepted values of ``paper_actions``."""
 DYNAMICS_KINDS: dict[str, type] = {"gauss_markov": GaussMarkovSNR, "path_loss": PathLossMobility}
-"""``dynamics.kind`` -> the channel-dynamics class whose fields the rest of the mapping sets."""
+"""``dynamics.kind`` -> the channel-dynamics model whose fields the rest of the mapping sets."""
 EPISODE_LEN = {"paper": 5, "wireless": 50}
 """Default episode length per preset (the paper's episodes have 5 steps)."""
 
-Dynamics = GaussMarkovSNR | PathLossMobility
+Dynamics = Annotated[GaussMarkovSNR | PathLossMobility, Field(discriminator="kind")]
+_DYNAMICS = TypeAdapter(Dynamics)
 
 
-def make_dynamics(spec: Mapping[str, Any] | Dynamics | None) -> Dynamics:
-    """``{"kind": "gauss_markov" | "path_loss", **fields}`` -> the dynamics object (None: Gauss-Markov defaults)."""
-    if spec is None:
-        return GaussMarkovSNR()
+def make_dynamics(spec: Mapping[str, Any] | GaussMarkovSNR | PathLossMobility | None) -> GaussMarkovSNR | PathLossMobility:
+    """``{"kind": "gauss_markov" | "path_loss", **fields}`` -> the dynamics model (None: Gauss-Markov defaults)."""
     if isinstance(spec, (GaussMarkovSNR, PathLossMobility)):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"dynamics must be a mapping with a 'kind' in {sorted(DYNAMICS_KINDS)}, got {spec!r}")
-    kind = check_choice("dynamics.kind", spec.get("kind", "gauss_markov"), sorted(DYNAMICS_KINDS))
-    cls = DYNAMICS_KINDS[kind]
-    args = {k: v for k, v in spec.items() if k != "kind"}
-    accepted = [f.name for f in fields(cls)]
-    unknown = sorted(set(args) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown dynamics keys {unknown} for kind {kind!r}; accepted keys: {['kind', *accepted]}")
-    return cls(**args)
+    spec = _with_kind(spec)
+    try:
+        return _DYNAMICS.validate_python(spec)
+    except ValidationError as err:
+        raise ConfigError(describe_error(err, spec, None, "dynamics")) from None
 
 
-def _pair(name: str, value: Any, low: float, high: float, integer: bool = False) -> tuple:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be a pair [low, high], got {value!r}")
-    if integer:
-        lo, hi = (check_int(name, v, int(low), int(high)) for v in value)
-    else:
-        lo, hi = (float(check_range(name, v, low, high)) for v in value)
-    if lo > hi:
-        raise ValueError(f"{name} must have low <= high, got {list(value)}")
-    return (lo, hi)
-
-
-@dataclass
-class SplitEnvConfig:
+class SplitEnvConfig(ConfigModel):
     """Everything that defines a :class:`SplitEnv`. Build from YAML/dicts with :meth:`from_dict`."""
 
-    preset: str = "wireless"
+    label: ClassVar[str] = "env config"
+
+    preset: Literal[PRESETS] = "wireless"
     """MDP: ``paper`` (state (rho, k), relative moves, the paper's reward) or ``wireless``
     (channel features, a candidate k per step, quality-compute-latency reward)."""
     reward_model: Any = None
     """Where the perplexity comes from: a RewardModel, or ``{"kind": "grid" | "synthetic" | "live" | ..., ...}``
     (see ``splitlab.envs.reward_models``). Required."""
-    episode_len: int | None = None
+    episode_len: PositiveInt | None = None
     """Steps per episode; None: 5 for ``paper``, 50 for ``wireless``."""
 
     # -- paper preset ---------------------------------------------------------------------------
-    paper_actions: str = "relative"
+    paper_actions: Literal[PAPER_ACTIONS] = "relative"
     """``relative``: Discrete(2*max_move+1) moves k by -max_move..+max_move; ``absolute``:
     Discrete(K_max) picks k = action + 1 (what the released code does)."""
-    max_move: int = 4
+    max_move: PositiveInt = 4
     """Largest move of k per step for relative actions (the paper: 4)."""
-    k_max: int | None = None
+    k_max: PositiveInt | None = None
     """Deepest split the UE may take, K_max; None: round(10 / 32 * L), the paper's 10 of 32 layers."""
-    alpha: float = 10.0
+    alpha: NonNegativeFloat = 10.0
     """Weight of the quality term (PPL_ref - PPL_k) / PPL_ref."""
-    beta: float = 1.0
+    beta: NonNegativeFloat = 1.0
     """Weight of the load term (K_max - k) / K_max."""
-    rho_range: tuple[float, float] = (0.08, 0.22)
+    rho_range: tuple[Float, Float] = (0.08, 0.22)
     """Erasure probability at reset, drawn uniformly (the released code's range)."""
-    rho_max: float = 0.3
+    rho_max: Annotated[Float, Field(gt=0.0, le=1.0)] = 0.3
     """Upper clip of rho and its normalisation in the observation."""
-    rho_drift: float = 0.0005
+    rho_drift: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.0005
     """Relative change of rho per move: x(1 - drift) when k grows, x(1 + drift) when it shrinks."""
-    initial_k_range: tuple[int, int] | None = None
+    initial_k_range: tuple[PositiveInt, PositiveInt] | None = None
     """k at reset, drawn uniformly in [low, high]; None: round(0.3 K_max)..round(0.6 K_max) (3..6 for K_max 10)."""
 
     # -- wireless preset ------------------------------------------------------------------------
-    candidate_ks: tuple[int, ...] | None = None
+    candidate_ks: tuple[NonNegativeInt, ...] | None = None
     """Split points the policy chooses from (action i picks candidate_ks[i]); None: every k the reward model scores."""
-    w_q: float = 1.0
+    w_q: NonNegativeFloat = 1.0
     """Weight of the quality term log(PPL_k / PPL_clean)."""
-    w_c: float = 0.5
+    w_c: NonNegativeFloat = 0.5
     """Weight of the UE-compute term k / L."""
-    w_l: float = 0.5
+    w_l: NonNegativeFloat = 0.5
     """Weight of the latency term latency / latency_ref."""
-    latency_ref_s: float | None = None
+    latency_ref_s: PositiveFloat | None = None
     """Latency normaliser in seconds; None: the whole model on the UE at full budget (device.local_latency_s)."""
-    channel: Any = None
+    channel: ChannelConfig | None = None
     """The link (ChannelConfig or its fields) that sets payload size and rate; None: a Shannon-rate link
     (``awgn``, fp16, 20 MHz), or ``digital`` when the reward model's channel is a digital sweep."""
-    dynamics: Any = None
-    """SNR over an episode: ``{"kind": "gauss_markov" | "path_loss", ...fields}``; None: Gauss-Markov defaults."""
-    device: Any = field(default_factory=DeviceModel)
+    dynamics: Dynamics = Field(default_factory=GaussMarkovSNR)
+    """SNR over an episode: ``{"kind": "gauss_markov" | "path_loss", ...fields}`` (kind defaults to
+    gauss_markov); None: Gauss-Markov defaults."""
+    device: DeviceModel = Field(default_factory=DeviceModel)
     """Compute model (DeviceModel or its fields): UE and edge FLOP/s, params per layer, tokens per request."""
-    snr_estimation_std_db: float = 1.0
+    snr_estimation_std_db: NonNegativeFloat = 1.0
     """The policy sees the SNR plus N(0, this^2) dB (pilot-based estimation error)."""
-    trend_window: int = 3
+    trend_window: PositiveInt = 3
     """Steps over which the SNR trend feature is averaged."""
-    ue_budget_range: tuple[float, float] = (0.25, 1.0)
+    ue_budget_range: tuple[Float, Float] = (0.25, 1.0)
     """Fraction of UE compute free for this request, drawn per episode uniformly in this range (0, 1]."""
-    snr_ref_db: float = 15.0
+    snr_ref_db: Float = 15.0
     """Observation normalisation: SNR feature = (SNR_est - snr_ref_db) / snr_scale_db."""
-    snr_scale_db: float = 10.0
+    snr_scale_db: PositiveFloat = 10.0
     """Observation normalisation scale in dB (also for the trend)."""
 
-    def __post_init__(self) -> None:
-        check_choice("preset", self.preset, PRESETS)
-        if self.reward_model is None:
-            raise ValueError("reward_model is required: a RewardModel or e.g. {'kind': 'grid', 'path': "
+
+    @field_validator("reward_model", mode="before")
+    @classmethod
+    def _reward_model(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("is required: a RewardModel or e.g. {'kind': 'grid', 'path': "
                              "'runs/analysis/grid.json', 'channel': 'awgn'} (or {'kind': 'synthetic'} for a stand-in)")
-        if not isinstance(self.reward_model, (Mapping, RewardModel)):
-            raise ValueError(f"reward_model must be a RewardModel or a mapping with a 'kind', got {self.reward_model!r}")
-        if self.episode_len is not None:
-            check_int("episode_len", self.episode_len, 1)
-        check_choice("paper_actions", self.paper_actions, PAPER_ACTIONS)
-        check_int("max_move", self.max_move, 1)
-        if self.k_max is not None:
-            check_int("k_max", self.k_max, 1)
-        check_range("alpha", self.alpha, 0.0)
-        check_range("beta", self.beta, 0.0)
-        check_range("rho_max", self.rho_max, 0.0, 1.0, low_open=True)
-        self.rho_range = _pair("rho_range", self.rho_range, 0.0, self.rho_max)
-        check_range("rho_drift", self.rho_drift, 0.0, 1.0, high_open=True)
-        if self.initial_k_range is not None:
-            self.initial_k_range = _pair("initial_k_range", self.initial_k_range, 1, 10**6, integer=True)
-        if self.candidate_ks is not None:
-            if isinstance(self.candidate_ks, (str, bytes)) or not hasattr(self.candidate_ks, "__iter__"):
-                raise ValueError(f"candidate_ks must be a list of split points, got {self.candidate_ks!r}")
-            ks = tuple(check_int("candidate_ks", k, 0) for k in self.candidate_ks)
-            if not ks:
-                raise ValueError("candidate_ks must list at least one split point (or be null for every k), got []")
-            if len(set(ks)) != len(ks):
-                raise ValueError(f"candidate_ks must not repeat a split point, got {list(ks)}")
-            self.candidate_ks = ks
-        for name in ("w_q", "w_c", "w_l"):
-            check_range(name, getattr(self, name), 0.0)
-        if self.latency_ref_s is not None:
-            check_range("latency_ref_s", self.latency_ref_s, 0.0, low_open=True)
-        if self.channel is not None and not isinstance(self.channel, ChannelConfig):
-            self.channel = ChannelConfig.from_dict(self.channel)
-        self.dynamics = make_dynamics(self.dynamics)
-        self.device = DeviceModel.from_dict(self.device)
-        check_range("snr_estimation_std_db", self.snr_estimation_std_db, 0.0)
-        check_int("trend_window", self.trend_window, 1)
-        self.ue_budget_range = _pair("ue_budget_range", self.ue_budget_range, 0.0, 1.0)
-        if self.ue_budget_range[0] <= 0.0:
-            raise ValueError(f"ue_budget_range must lie in (0, 1], got {list(self.ue_budget_range)}")
-        check_range("snr_ref_db", self.snr_ref_db)
-        check_range("snr_scale_db", self.snr_scale_db, 0.0, low_open=True)
+        if isinstance(v, RewardModel) or (isinstance(v, Mapping) and v.get("kind") in REWARD_MODEL_KINDS):
+            return v  # an instance, or a plugin's kind (its factory checks its own keys)
+        return parse_reward_spec(v, "reward_model")
+
+    @field_validator("dynamics", mode="before")
+    @classmethod
+    def _dynamics_kind(cls, v: Any) -> Any:
+        return _with_kind(v)
+
+    @field_validator("candidate_ks")
+    @classmethod
+    def _distinct_ks(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and not v:
+            raise ValueError("must list at least one split point (or be null for every k)")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("must not repeat a split point")
+        return v
+
+    @field_validator("initial_k_range")
+    @classmethod
+    def _ordered_ks(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError("must have low <= high")
+        return v
+
+    @field_validator("ue_budget_range")
+    @classmethod
+    def _budget(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("must be a pair [low, high] with 0 < low <= high <= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _rho_range(self) -> SplitEnvConfig:
+        low, high = self.rho_range
+        if not 0.0 <= low <= high <= self.rho_max:
+            raise ValueError(f"rho_range must be a pair [low, high] with 0 <= low <= high <= rho_max={self.rho_max}, "
+                             f"got {list(self.rho_range)}")
+        return self
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | SplitEnvConfig | None) -> SplitEnvConfig:
+    def from_dict(cls, d: Mapping[str, Any] | SplitEnvConfig | None, name: str = "") -> SplitEnvConfig:
         """Build from a mapping (YAML section, RLlib ``env_config``); unknown keys are an error."""
-        if isinstance(d, SplitEnvConfig):
-            return d
         if isinstance(d, Mapping) and d.get("env") == "split":  # the make_env selector, harmless here
             d = {k: v for k, v in d.items() if k != "env"}
-        return dataclass_from_mapping(cls, d, "env config")
-
-    def replace(self, **changes: Any) -> SplitEnvConfig:
-        """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        return super().from_dict(d, name)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for run parameters (nested configs as dicts, a reward-model instance described)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, RewardModel):
-                v = v.describe()
-            elif dataclasses.is_dataclass(v):
-                v = {"kind": _dynamics_kind(v), **dataclasses.asdict(v)} if _dynamics_kind(v) else dataclasses.asdict(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
+        out = self.model_dump(mode="json", exclude={"reward_model"})
+        rm = self.reward_model
+        out["reward_model"] = rm.describe() if isinstance(rm, RewardModel) else (
+            rm.model_dump(mode="json") if hasattr(rm, "model_dump") else dict(rm))
         return out
 
 
-def _dynamics_kind(obj: Any) -> str | None:
-    for kind, cls in DYNAMICS_KINDS.items():
-        if isinstance(obj, cls):
-            return kind
-    return None
+def _with_kind(v: Any) -> Any:
+    """Dynamics mappings may leave out ``kind`` (Gauss-Markov); None means all defaults."""
+    if v is None:
+        return {"kind": "gauss_markov"}
+    if isinstance(v, Mapping) and "kind" not in v:
+        return {"kind": "gauss_markov", **v}
+    return v

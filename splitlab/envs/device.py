@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from splitlab.channel.validation import check_int, check_range, dataclass_from_mapping
+from pydantic import ConfigDict
+
+from splitlab.config import ConfigModel, PositiveFloat, PositiveInt
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,7 @@ class Latency:
                 f"{prefix}total_s": self.total_s}
 
 
-@dataclass(frozen=True)
-class DeviceModel:
+class DeviceModel(ConfigModel):
     """Compute speeds of the UE and the edge, and the size of one request.
 
     The defaults are effective (not peak) rates: a phone NPU sustaining about 200 GFLOP/s on
@@ -44,28 +45,23 @@ class DeviceModel:
     (30 layers, hidden 576) one 128-token layer costs about 0.9 GFLOP: 4.5 ms on the UE.
     """
 
-    ue_flops: float = 2e11
+    label: ClassVar[str] = "device"
+
+    model_config = ConfigDict(frozen=True)
+
+    ue_flops: PositiveFloat = 2e11
     """Sustained UE FLOP/s at full budget (the observation's UE budget scales it)."""
-    edge_flops: float = 2e13
+    edge_flops: PositiveFloat = 2e13
     """Sustained edge FLOP/s, shared by every tail in flight."""
-    params_per_layer: float | None = None
+    params_per_layer: PositiveFloat | None = None
     """Weights per decoder layer; None estimates ``12 * hidden**2`` (attention 4h^2 + MLP 8h^2)."""
-    tokens: int = 128
+    tokens: PositiveInt = 128
     """Tokens per request: the prefill window whose hidden state crosses the link at once."""
 
-    def __post_init__(self) -> None:
-        check_range("device.ue_flops", self.ue_flops, 0.0, low_open=True)
-        check_range("device.edge_flops", self.edge_flops, 0.0, low_open=True)
-        if self.params_per_layer is not None:
-            check_range("device.params_per_layer", self.params_per_layer, 0.0, low_open=True)
-        check_int("device.tokens", self.tokens, 1)
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | DeviceModel | None) -> DeviceModel:
+    def from_dict(cls, d: Mapping[str, Any] | DeviceModel | None, name: str = "device") -> DeviceModel:
         """Build from a mapping; unknown keys are an error that lists the accepted ones."""
-        if isinstance(d, DeviceModel):
-            return d
-        return dataclass_from_mapping(cls, d, "device")
+        return super().from_dict(d, name)
 
     def layer_flops(self, hidden: int) -> float:
         """FLOPs of one decoder layer over one request (``tokens`` tokens)."""

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+from pydantic import Field, model_validator
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from splitlab.channel.validation import check_int, check_range
+from splitlab.config import ConfigModel, Float, PositiveInt
 from splitlab.envs.config import EPISODE_LEN, SplitEnvConfig
 from splitlab.envs.reward_models import make_reward_model
 from splitlab.envs.wireless import FEATURE_HIGH, FEATURE_LOW, UserState, WirelessModel
@@ -24,66 +24,62 @@ def shared_policy_mapping_fn(agent_id: Any, episode: Any = None, **kwargs: Any) 
     return SHARED_MODULE_ID
 
 
-@dataclass
-class MultiUserConfig:
+class MultiUserConfig(ConfigModel):
     """The cell around the per-user wireless MDP. ``from_dict`` takes these keys and any
     :class:`SplitEnvConfig` key (reward model, weights, dynamics, device, ...) side by side."""
 
-    num_users: int = 4
+    label: ClassVar[str] = "multi-user env config"
+
+    num_users: PositiveInt = 4
     """Cell capacity: the most UEs active at once (one slot each)."""
-    initial_users: int | None = None
+    initial_users: PositiveInt | None = None
     """UEs active at reset; None: num_users."""
-    join_prob: float = 0.0
+    join_prob: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.0
     """Per free slot and step, the probability that a new UE arrives (under a new agent id)."""
-    leave_prob: float = 0.0
+    leave_prob: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.0
     """Per active UE and step, the probability that it leaves after acting (reported as terminated)."""
-    min_users: int = 1
+    min_users: PositiveInt = 1
     """Departures never leave fewer active UEs than this (someone must act every step)."""
-    max_agents: int | None = None
+    max_agents: PositiveInt | None = None
     """Distinct agent ids per episode (RLlib's possible_agents); arrivals stop when they are used up. None:
     enough for any episode (initial users, plus every slot refilled every step when join_prob > 0)."""
-    user_snr_offset_db: tuple[float, float] = (-5.0, 5.0)
+    user_snr_offset_db: tuple[Float, Float] = (-5.0, 5.0)
     """Each arriving UE's SNR trace is shifted by an offset ~ U(range) dB (nearer or farther UEs);
     use (0, 0) with path_loss dynamics, which already draw a distance per UE."""
-    split: SplitEnvConfig = field(default=None)  # type: ignore[assignment]
-    """The per-user wireless MDP (preset must be ``wireless``)."""
+    split: SplitEnvConfig
+    """The per-user wireless MDP (preset must be ``wireless``); given flat, beside the cell keys."""
 
-    def __post_init__(self) -> None:
-        check_int("num_users", self.num_users, 1)
-        check_int("min_users", self.min_users, 1, self.num_users)
-        if self.initial_users is not None:
-            check_int("initial_users", self.initial_users, self.min_users, self.num_users)
-        check_range("join_prob", self.join_prob, 0.0, 1.0)
-        check_range("leave_prob", self.leave_prob, 0.0, 1.0)
-        if self.max_agents is not None:
-            check_int("max_agents", self.max_agents, self.initial_users or self.num_users)
-        pair = self.user_snr_offset_db
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or pair[0] > pair[1]:
-            raise ValueError(f"user_snr_offset_db must be a pair [low, high] with low <= high, got {pair!r}")
-        self.user_snr_offset_db = (float(check_range("user_snr_offset_db", pair[0])),
-                                   float(check_range("user_snr_offset_db", pair[1])))
-        if self.split is None:
-            raise ValueError("the multi-user env needs the per-user config (at least reward_model)")
-        if self.split.preset != "wireless":
-            raise ValueError(f"preset must be 'wireless' for the multi-user env, got {self.split.preset!r}")
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | MultiUserConfig | None) -> MultiUserConfig:
+    def _flat_keys(cls, d: Any) -> Any:
         """Split a flat mapping into cell keys and per-user :class:`SplitEnvConfig` keys."""
-        if isinstance(d, MultiUserConfig):
+        if not isinstance(d, Mapping) or "split" in d:
             return d
-        d = dict(d or {})
-        if d.get("env") == "multi_user":
-            d.pop("env")
-        own = {f.name for f in fields(cls)} - {"split"}
+        d = {k: v for k, v in d.items() if k != "env" or v != "multi_user"}
+        own = set(cls.model_fields) - {"split"}
         mine = {k: d.pop(k) for k in list(d) if k in own}
-        accepted_split = {f.name for f in fields(SplitEnvConfig)}
-        unknown = sorted(set(d) - accepted_split)
+        unknown = sorted(set(d) - set(SplitEnvConfig.model_fields))
         if unknown:
             raise ValueError(f"unknown multi-user env config keys {unknown}; accepted keys: "
-                             f"{sorted(own)} and the SplitEnvConfig keys {sorted(accepted_split)}")
+                             f"{sorted(own)} and the SplitEnvConfig keys {sorted(SplitEnvConfig.model_fields)}")
         d.setdefault("preset", "wireless")
-        return cls(**mine, split=SplitEnvConfig.from_dict(d))
+        return {**mine, "split": d}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MultiUserConfig:
+        if self.min_users > self.num_users:
+            raise ValueError(f"min_users must be <= num_users={self.num_users}, got {self.min_users}")
+        if self.initial_users is not None and not self.min_users <= self.initial_users <= self.num_users:
+            raise ValueError(f"initial_users must be in [{self.min_users}, {self.num_users}], got {self.initial_users}")
+        if self.max_agents is not None and self.max_agents < (self.initial_users or self.num_users):
+            raise ValueError(f"max_agents must be >= the initial users ({self.initial_users or self.num_users}), "
+                             f"got {self.max_agents}")
+        low, high = self.user_snr_offset_db
+        if low > high:
+            raise ValueError(f"user_snr_offset_db must be a pair [low, high] with low <= high, got {[low, high]}")
+        if self.split.preset != "wireless":
+            raise ValueError(f"preset must be 'wireless' for the multi-user env, got {self.split.preset!r}")
+        return self
 
 
 class MultiUserSplitEnv(MultiAgentEnv):

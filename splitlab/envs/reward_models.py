@@ -16,13 +16,11 @@ Configs name a kind: ``{"kind": "grid", "path": "runs/analysis/grid.json", "chan
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +28,6 @@ import numpy as np
 from splitlab.channel import Channel, ChannelConfig
 from splitlab.channel.validation import check_choice, check_int, check_range
 from splitlab.envs.quality_grid import QualityGrid
-from splitlab.envs.synthetic import synthetic_grid
 
 
 class RewardModel(ABC):
@@ -221,56 +218,33 @@ class SurrogateRewardModel(RewardModel):
 RewardModelFactory = Callable[..., RewardModel]
 
 
-def _grid(path: str | None = None, grid: Mapping | None = None, channel: str | None = None) -> RewardModel:
-    if (path is None) == (grid is None):
-        raise ValueError("a grid reward model needs exactly one of reward_model.path (a grid.json or its folder) "
-                         "or reward_model.grid (the grid.json dict)")
-    if grid is not None:
-        return GridRewardModel(QualityGrid.from_dict(dict(grid), channel))
-    return GridRewardModel(QualityGrid.from_json(Path(path), channel))
-
-
-def _synthetic(channel: str = "awgn", num_layers: int = 30, hidden_size: int = 576, ppl_clean: float = 20.0,
-               severity: float | None = None) -> RewardModel:
-    grid = synthetic_grid(channel, num_layers, hidden_size, ppl_clean, severity)
-    return GridRewardModel(QualityGrid.from_dict(grid, channel))
-
-
-REWARD_MODEL_KINDS: dict[str, RewardModelFactory] = {
-    "grid": _grid,
-    "synthetic": _synthetic,
-    "live": LiveLLMRewardModel,
-}
-"""Reward-model kinds by name: ``kind -> factory(**rest of the config)``."""
+REWARD_MODEL_KINDS: dict[str, RewardModelFactory] = {}
+"""Reward-model kinds added by plugins (:func:`register_reward_model`); the built-in kinds are the typed
+specs of :mod:`splitlab.envs.reward_specs`."""
 
 
 def register_reward_model(kind: str, factory: RewardModelFactory) -> None:
-    """Make ``{"kind": kind, ...}`` build ``factory(**rest)`` (e.g. ``splitlab.mbrl`` adds ``surrogate``).
+    """Make ``{"kind": kind, ...}`` build ``factory(**rest)``: a plugin's reward model (its keys unchecked here).
 
     Ray workers build envs from configs, so register at import time of a module they import.
     """
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"reward model kind must be a non-empty string, got {kind!r}")
+    from splitlab.envs.reward_specs import REWARD_KINDS
+
+    if not isinstance(kind, str) or not kind or kind in REWARD_KINDS:
+        raise ValueError(f"reward model kind must be a new non-empty name (not one of {list(REWARD_KINDS)}), "
+                         f"got {kind!r}")
     REWARD_MODEL_KINDS[kind] = factory
 
 
-def make_reward_model(spec: Mapping[str, Any] | RewardModel) -> RewardModel:
-    """Build a reward model from ``{"kind": ..., **arguments}``, or pass an instance through."""
+def make_reward_model(spec: Any) -> RewardModel:
+    """Build a reward model from its spec (``{"kind": ..., ...}`` or a typed spec), or pass an instance through."""
+    from splitlab.envs.reward_specs import parse_reward_spec
+
     if isinstance(spec, RewardModel):
         return spec
-    if not isinstance(spec, Mapping) or "kind" not in spec:
-        raise ValueError(f"reward_model must be a RewardModel or a mapping with a 'kind' in "
-                         f"{sorted(REWARD_MODEL_KINDS)}, got {spec!r}")
-    kind = check_choice("reward_model.kind", spec["kind"], sorted(REWARD_MODEL_KINDS))
-    args = {k: v for k, v in spec.items() if k != "kind"}
-    factory = REWARD_MODEL_KINDS[kind]
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(args) - set(params))
-        if unknown:
-            raise ValueError(f"unknown reward_model keys {unknown} for kind {kind!r}; accepted keys: "
-                             f"{['kind', *params]}")
-    return factory(**args)
+    if isinstance(spec, Mapping) and spec.get("kind") in REWARD_MODEL_KINDS:
+        return REWARD_MODEL_KINDS[spec["kind"]](**{k: v for k, v in spec.items() if k != "kind"})
+    return parse_reward_spec(spec).build()
 
 
 def check_reward_model(model: RewardModel, param: str, ks: Sequence[int], what: str) -> None:

@@ -5,10 +5,6 @@ instance per process, built from the env config's ``reward_model`` spec on first
 lets the Dyna loop reach the surrogate inside every runner: :func:`broadcast_surrogate` sets the new
 weights on that instance, :func:`drain_visits` reads the (k, value) pairs it scored, and a live LLM
 reward model is loaded once per runner, not once per env.
-
-The reward-model kind ``surrogate`` (``{"kind": "surrogate", "path": "run/surrogate.npz"}``) is
-registered here, so env configs can name it once this module is imported (the env creator imports it
-on every worker).
 """
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from splitlab.envs.reward_models import RewardModel, make_reward_model, register_reward_model
+from splitlab.envs.reward_models import RewardModel, make_reward_model
 from splitlab.mbrl.surrogate import SurrogateEnsemble
 
 ENV_IDS = {"split": "splitlab-mbrl-split", "multi_user": "splitlab-mbrl-multi-user"}
@@ -32,14 +28,6 @@ def _spec_key(spec: Mapping[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-def _surrogate(path: str, key: str | None = None) -> SurrogateEnsemble:
-    """A surrogate loaded from ``path`` (``SurrogateEnsemble.save``); ``key`` only tells runs apart."""
-    return SurrogateEnsemble.load(path)
-
-
-register_reward_model("surrogate", _surrogate)
-
-
 class CountedRewardModel(RewardModel):
     """Another reward model queried like a cached live LLM: values rounded to ``decimals``, each distinct
     (k, rounded value) counted as one real evaluation costing ``seconds_per_eval``.
@@ -49,8 +37,8 @@ class CountedRewardModel(RewardModel):
     paying for the LLM again. ``reward_queries`` counts every query (what an uncached one would pay).
     """
 
-    def __init__(self, inner: Mapping[str, Any], decimals: int = 0, seconds_per_eval: float = 0.0) -> None:
-        self.inner = make_reward_model(dict(inner))
+    def __init__(self, inner: Any, decimals: int = 0, seconds_per_eval: float = 0.0) -> None:
+        self.inner = make_reward_model(inner)
         for name in ("num_layers", "hidden_size", "ppl_clean", "channel", "param", "ks"):
             setattr(self, name, getattr(self.inner, name))
         self.decimals, self.seconds_per_eval = int(decimals), float(seconds_per_eval)
@@ -73,9 +61,6 @@ class CountedRewardModel(RewardModel):
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "counted_decimals": self.decimals}
-
-
-register_reward_model("counted", CountedRewardModel)
 
 
 def shared_reward_model(spec: Mapping[str, Any] | RewardModel) -> RewardModel:
