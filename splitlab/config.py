@@ -123,7 +123,9 @@ def _sentence(where: str, problem: Mapping[str, Any]) -> str:
             return msg
         if msg.startswith("is required"):
             return f"{where} {msg}"
-        if not msg.startswith("must"):  # a model-level check: its message names its fields
+        if re.match(r"^[a-z_][a-z0-9_]* (must|is) ", msg):  # a model-level check naming one of its fields
+            return f"{where}.{msg}"
+        if not msg.startswith("must"):
             return f"{where}: {msg}"
         return f"{where} {msg}{got}"
     ctx = problem.get("ctx") or {}
@@ -133,6 +135,11 @@ def _sentence(where: str, problem: Mapping[str, Any]) -> str:
         tag = ctx.get("discriminator", "'kind'").strip("'")
         value = f", got {ctx['tag']!r}" if "tag" in ctx else " (missing)"
         return f"{where}.{tag} must be one of {ctx.get('expected_tags')}{value}"
+    plain = {"bool_type": "must be true or false", "int_type": "must be an integer", "float_type": "must be a number",
+             "string_type": "must be a string", "int_from_float": "must be an integer",
+             "finite_number": "must be a finite number", "dict_type": "must be a mapping"}
+    if problem["type"] in plain:
+        return f"{where} {plain[problem['type']]}{got}"
     msg = msg.replace("Input should be", "must be").replace("Input should have", "must have")
     if not msg.startswith("must"):
         msg = "is invalid: " + msg[0].lower() + msg[1:]
@@ -243,13 +250,18 @@ def get_dotted(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any
     return node
 
 
-def apply_settings(cls: type[M], data: Mapping[str, Any] | None, settings: Iterable[tuple[str, str]],
+def apply_settings(cls: type[M], data: Mapping[str, Any] | None, settings: Iterable[tuple[str, Any]] | Mapping[str, Any],
                    name: str = "") -> M:
-    """Validate ``data`` with ``--set`` overrides applied: each value as YAML, or as text where the field is a string."""
+    """Validate ``data`` with dotted overrides applied (``--set`` pairs, or a mapping of dotted keys).
+
+    A text value is read as YAML, except where the field is a string: there the text is kept as written.
+    Other values are set as they are.
+    """
     tree = copy.deepcopy(dict(data or {}))
-    texts = dict(settings)
-    for key, text in texts.items():
-        set_dotted(tree, key, yaml_value(text))
+    pairs = list(settings.items()) if isinstance(settings, Mapping) else list(settings)
+    texts = {key: value for key, value in pairs if isinstance(value, str)}
+    for key, value in pairs:
+        set_dotted(tree, key, yaml_value(value) if isinstance(value, str) else value)
     token = _VALIDATING.set(True)
     try:
         return cls.model_validate(tree)

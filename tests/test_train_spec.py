@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitlab.platform.spec import ExperimentSpec, load_spec, register_section, SECTIONS
+from splitlab.platform.spec import ExperimentSpec, load_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tune_configs"
 GOOD = {
@@ -23,7 +23,7 @@ GOOD = {
 def test_shipped_specs_validate(name):
     spec = load_spec(CONFIGS / f"{name}.yaml")
     assert spec.name == name
-    assert spec.quality["kind"] == "live" and spec.quality["model"] == "smollm2"
+    assert spec.quality.kind == "live" and spec.quality.model == "smollm2"
     assert spec.run_dir == Path("runs/train") / name
     assert ExperimentSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()  # round trip
 
@@ -32,7 +32,7 @@ def test_defaults_and_overrides(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "name"}))
     spec = load_spec(path, {"algorithm.lr": 0.01, "dyna.budget": 40, "env.w_l": 0.0})
-    assert spec.name == "x" and spec.algorithm.lr == 0.01 and spec.dyna.budget == 40 and spec.env["w_l"] == 0.0
+    assert spec.name == "x" and spec.algorithm.lr == 0.01 and spec.dyna.budget == 40 and spec.env.w_l == 0.0
     assert spec.algorithm.name == "ppo" and spec.surrogate.hidden == (128, 128) and spec.param == "snr_db"
 
 
@@ -47,23 +47,23 @@ def _with(path: str, value):
 
 
 @pytest.mark.parametrize("raw, message", [
-    (_with("mode", "mbpo"), r"mode must be one of \['paper', 'dyna', 'model_free'\], got 'mbpo'"),
-    (_with("algorithm.name", "sac"), r"algorithm.name must be one of \['ppo', 'dqn'\], got 'sac'"),
-    (_with("algorithm.lr", -1), r"algorithm.lr must be a number in \(0, 1\], got -1"),
+    (_with("mode", "mbpo"), "mode must be one of 'paper', 'dyna' or 'model_free', got 'mbpo'"),
+    (_with("algorithm.name", "sac"), "algorithm.name must be one of 'ppo' or 'dqn', got 'sac'"),
+    (_with("algorithm.lr", -1), "algorithm.lr must be greater than 0, got -1"),
     (_with("algorithm.iterations", 2.5), "algorithm.iterations must be an integer"),
     (_with("algorithm.minibatch_size", 5000), "algorithm.minibatch_size must be at most train_batch_size"),
     (_with("algorithm.hiden", [4]), r"unknown algorithm keys \['hiden'\]; accepted keys: \['name', 'iterations'"),
     (_with("dyna.budget", 4), "dyna.budget must be at least dyna.initial_evals=16, got 4"),
     (_with("dyna.value_range", [5, 1]), "dyna.value_range must have low < high"),
     (_with("surrogate.members", 0), "surrogate.members"),
-    (_with("quality.kind", "oracle"), r"quality.kind must be one of \[.*'live'.*\], got 'oracle'"),
-    (_with("quality.model_name", "x"), r"unknown quality keys \['model_name'\] for kind 'synthetic'"),
+    (_with("quality.kind", "oracle"), r"quality.kind must be one of .*'live'.*, got 'oracle'"),
+    (_with("quality.model_name", "x"), r"unknown quality keys \['model_name'\]; accepted keys: \['kind', 'channel'"),
     (_with("env.preset", "paper"), "env.preset 'paper' needs a quality measured over 'rho'"),
     (_with("env.w_q", -1.0), "w_q"),
     (_with("env.reward_model", {"kind": "synthetic"}), "env.reward_model is set by the mode"),
-    (_with("env.env", "cells"), r"env.env must be one of \['split', 'multi_user'\]"),
-    (_with("evaluation.truth", {"kind": "grid"}), "evaluation.truth of kind 'grid' needs exactly one of 'path'"),
-    (_with("paper.grid", {"kind": "live"}), r"paper.grid.kind must be one of \['grid', 'synthetic'\]"),
+    (_with("env.env", "cells"), "env.env must be one of 'split', 'multi_user', got 'cells'"),
+    (_with("evaluation.truth", {"kind": "grid"}), "evaluation.truth: a grid reward model needs exactly one of 'path'"),
+    (_with("paper.grid", {"kind": "live"}), "paper.grid.kind must be one of 'grid', 'synthetic', got 'live'"),
     (_with("name", "a/b"), "name must be a non-empty run name without '/'"),
     ({**GOOD, "sweep": {}}, r"unknown spec sections \['sweep'\] \(a sweep section is run by `splitlab sweep`\)"),
     ({k: v for k, v in GOOD.items() if k != "quality"}, "quality is required"),
@@ -77,22 +77,7 @@ def test_bad_specs_fail_naming_the_field(raw, message):
 def test_load_spec_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(_with("algorithm.gamma", 2.0)))
-    with pytest.raises(ValueError, match=r"bad.yaml: algorithm.gamma must be a number in \[0, 1\], got 2.0"):
+    with pytest.raises(ValueError, match="bad.yaml: algorithm.gamma must be less than or equal to 1, got 2.0"):
         load_spec(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_spec(tmp_path / "missing.yaml")
-
-
-def test_registered_sections_are_accepted_and_validated():
-    def parse(raw):
-        if not isinstance(raw, dict) or "name" not in raw:
-            raise ValueError("needs a name")
-        return raw["name"]
-
-    register_section("extra_demo", parse)
-    try:
-        assert ExperimentSpec.from_dict({**GOOD, "extra_demo": {"name": "n"}}).extra == {"extra_demo": "n"}
-        with pytest.raises(ValueError, match="extra_demo: needs a name"):
-            ExperimentSpec.from_dict({**GOOD, "extra_demo": {}})
-    finally:
-        SECTIONS.pop("extra_demo")

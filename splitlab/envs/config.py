@@ -49,17 +49,14 @@ def make_dynamics(spec: Mapping[str, Any] | GaussMarkovSNR | PathLossMobility | 
         raise ConfigError(describe_error(err, spec, None, "dynamics")) from None
 
 
-class SplitEnvConfig(ConfigModel):
-    """Everything that defines a :class:`SplitEnv`. Build from YAML/dicts with :meth:`from_dict`."""
+class SplitEnvSettings(ConfigModel):
+    """Every :class:`SplitEnvConfig` field but the reward model (an experiment spec's ``env:`` section)."""
 
     label: ClassVar[str] = "env config"
 
     preset: Literal[PRESETS] = "wireless"
     """MDP: ``paper`` (state (rho, k), relative moves, the paper's reward) or ``wireless``
     (channel features, a candidate k per step, quality-compute-latency reward)."""
-    reward_model: Any = None
-    """Where the perplexity comes from: a RewardModel, or ``{"kind": "grid" | "synthetic" | "live" | ..., ...}``
-    (see ``splitlab.envs.reward_models``). Required."""
     episode_len: PositiveInt | None = None
     """Steps per episode; None: 5 for ``paper``, 50 for ``wireless``."""
 
@@ -115,16 +112,6 @@ class SplitEnvConfig(ConfigModel):
     """Observation normalisation scale in dB (also for the trend)."""
 
 
-    @field_validator("reward_model", mode="before")
-    @classmethod
-    def _reward_model(cls, v: Any) -> Any:
-        if v is None:
-            raise ValueError("is required: a RewardModel or e.g. {'kind': 'grid', 'path': "
-                             "'runs/analysis/grid.json', 'channel': 'awgn'} (or {'kind': 'synthetic'} for a stand-in)")
-        if isinstance(v, RewardModel) or (isinstance(v, Mapping) and v.get("kind") in REWARD_MODEL_KINDS):
-            return v  # an instance, or a plugin's kind (its factory checks its own keys)
-        return parse_reward_spec(v, "reward_model")
-
     @field_validator("dynamics", mode="before")
     @classmethod
     def _dynamics_kind(cls, v: Any) -> Any:
@@ -160,6 +147,25 @@ class SplitEnvConfig(ConfigModel):
             raise ValueError(f"rho_range must be a pair [low, high] with 0 <= low <= high <= rho_max={self.rho_max}, "
                              f"got {list(self.rho_range)}")
         return self
+
+
+
+class SplitEnvConfig(SplitEnvSettings):
+    """Everything that defines a :class:`SplitEnv`. Build from YAML/dicts with :meth:`from_dict`."""
+
+    reward_model: Any = None
+    """Where the perplexity comes from: a RewardModel, or ``{"kind": "grid" | "synthetic" | "live" | ..., ...}``
+    (see ``splitlab.envs.reward_models``). Required."""
+
+    @field_validator("reward_model", mode="before")
+    @classmethod
+    def _reward_model(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("is required: a RewardModel or e.g. {'kind': 'grid', 'path': "
+                             "'runs/analysis/grid.json', 'channel': 'awgn'} (or {'kind': 'synthetic'} for a stand-in)")
+        if isinstance(v, RewardModel) or (isinstance(v, Mapping) and v.get("kind") in REWARD_MODEL_KINDS):
+            return v  # an instance, or a plugin's kind (its factory checks its own keys)
+        return parse_reward_spec(v, "reward_model")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | SplitEnvConfig | None, name: str = "") -> SplitEnvConfig:

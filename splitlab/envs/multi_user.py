@@ -24,9 +24,8 @@ def shared_policy_mapping_fn(agent_id: Any, episode: Any = None, **kwargs: Any) 
     return SHARED_MODULE_ID
 
 
-class MultiUserConfig(ConfigModel):
-    """The cell around the per-user wireless MDP. ``from_dict`` takes these keys and any
-    :class:`SplitEnvConfig` key (reward model, weights, dynamics, device, ...) side by side."""
+class MultiUserCell(ConfigModel):
+    """The cell's own keys: how many UEs, how they come and go, how far they are."""
 
     label: ClassVar[str] = "multi-user env config"
 
@@ -46,27 +45,8 @@ class MultiUserConfig(ConfigModel):
     user_snr_offset_db: tuple[Float, Float] = (-5.0, 5.0)
     """Each arriving UE's SNR trace is shifted by an offset ~ U(range) dB (nearer or farther UEs);
     use (0, 0) with path_loss dynamics, which already draw a distance per UE."""
-    split: SplitEnvConfig
-    """The per-user wireless MDP (preset must be ``wireless``); given flat, beside the cell keys."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_keys(cls, d: Any) -> Any:
-        """Split a flat mapping into cell keys and per-user :class:`SplitEnvConfig` keys."""
-        if not isinstance(d, Mapping) or "split" in d:
-            return d
-        d = {k: v for k, v in d.items() if k != "env" or v != "multi_user"}
-        own = set(cls.model_fields) - {"split"}
-        mine = {k: d.pop(k) for k in list(d) if k in own}
-        unknown = sorted(set(d) - set(SplitEnvConfig.model_fields))
-        if unknown:
-            raise ValueError(f"unknown multi-user env config keys {unknown}; accepted keys: "
-                             f"{sorted(own)} and the SplitEnvConfig keys {sorted(SplitEnvConfig.model_fields)}")
-        d.setdefault("preset", "wireless")
-        return {**mine, "split": d}
-
     @model_validator(mode="after")
-    def _consistent(self) -> MultiUserConfig:
+    def _consistent_cell(self) -> MultiUserCell:
         if self.min_users > self.num_users:
             raise ValueError(f"min_users must be <= num_users={self.num_users}, got {self.min_users}")
         if self.initial_users is not None and not self.min_users <= self.initial_users <= self.num_users:
@@ -77,6 +57,34 @@ class MultiUserConfig(ConfigModel):
         low, high = self.user_snr_offset_db
         if low > high:
             raise ValueError(f"user_snr_offset_db must be a pair [low, high] with low <= high, got {[low, high]}")
+        return self
+
+
+class MultiUserConfig(MultiUserCell):
+    """The cell around the per-user wireless MDP. ``from_dict`` takes the cell keys and any
+    :class:`SplitEnvConfig` key (reward model, weights, dynamics, device, ...) side by side."""
+
+    split: SplitEnvConfig
+    """The per-user wireless MDP (preset must be ``wireless``); given flat, beside the cell keys."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, d: Any) -> Any:
+        """Split a flat mapping into cell keys and per-user :class:`SplitEnvConfig` keys."""
+        if not isinstance(d, Mapping) or "split" in d:
+            return d
+        d = {k: v for k, v in d.items() if k != "env" or v != "multi_user"}
+        own = set(MultiUserCell.model_fields)
+        mine = {k: d.pop(k) for k in list(d) if k in own}
+        unknown = sorted(set(d) - set(SplitEnvConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown multi-user env config keys {unknown}; accepted keys: "
+                             f"{sorted(own)} and the SplitEnvConfig keys {sorted(SplitEnvConfig.model_fields)}")
+        d.setdefault("preset", "wireless")
+        return {**mine, "split": d}
+
+    @model_validator(mode="after")
+    def _wireless(self) -> MultiUserConfig:
         if self.split.preset != "wireless":
             raise ValueError(f"preset must be 'wireless' for the multi-user env, got {self.split.preset!r}")
         return self

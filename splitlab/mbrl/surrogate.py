@@ -20,11 +20,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from splitlab.channel.validation import check_bool, check_choice, check_int, check_range, dataclass_from_mapping
+from pydantic import Field
+
+from splitlab.channel.validation import check_int, check_range
+from splitlab.config import Bool, ConfigModel, Float, Int, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from splitlab.envs.reward_models import RewardModel, SurrogateRewardModel
 
 
@@ -32,65 +35,44 @@ SPLIT_ENCODINGS = ("scalar", "onehot")
 """Accepted values of ``surrogate.split_encoding``."""
 
 
-@dataclass
-class SurrogateConfig:
+class SurrogateConfig(ConfigModel):
     """How the ensemble is built and fitted (the ``surrogate:`` section of a spec)."""
 
-    members: int = 5
+    members: Annotated[Int, Field(ge=1, le=64)] = 5
     """MLPs in the ensemble."""
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: Annotated[tuple[Annotated[Int, Field(ge=1, le=4096)], ...], Field(min_length=1)] = (128, 128)
     """Hidden layer widths (the paper: 128, 128)."""
-    epochs: int = 800
+    epochs: PositiveInt = 800
     """Full-batch Adam steps per fit (about 1-3 s on one core for a few hundred points)."""
-    lr: float = 3e-3
+    lr: Annotated[Float, Field(gt=0.0, le=1.0)] = 3e-3
     """Adam learning rate (decayed by cosine to 5% over the epochs)."""
-    weight_decay: float = 1e-5
+    weight_decay: NonNegativeFloat = 1e-5
     """L2 penalty on the weights."""
-    bootstrap: bool = False
+    bootstrap: Bool = False
     """Resample the training set per member (with replacement). Off by default: with tens of points a
     bootstrap drops a third of them per member and costs more accuracy than the extra spread is worth;
     members then differ by their initialisation only, which still makes them disagree away from the data."""
-    holdout: float = 0.2
+    holdout: Annotated[Float, Field(ge=0.0, le=0.9)] = 0.2
     """Fraction of the points held out to report MAE and R^2 (0: none held out)."""
-    split_encoding: str = "onehot"
+    split_encoding: Literal[SPLIT_ENCODINGS] = "onehot"
     """How k enters the network: ``onehot`` (k / L and a one-hot of k over 0..L: each split gets its own
     curve over the channel, for models whose fragility jumps between neighbouring layers, as SmolLM2's
     does at k = 12-18) or ``scalar`` (k / L alone, the paper's 2 inputs: quality assumed smooth in k).
     On SmolLM2 one-hot scored 0.97 vs 0.96 (Dyna) and 0.98 vs 0.96 (paper grid) of the way from random
     to the oracle (benchmarks/results/surrogate_selection.json). With one-hot, only measured splits
     are predicted sensibly."""
-    refit_all: bool = True
+    refit_all: Bool = True
     """After the held-out report, refit on every point, so the reward uses every measurement paid for
     (benchmarks/results/surrogate_selection.json compares it with leaving the held-out points out)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed of the initialisation, the bootstrap and the held-out split."""
-    target_scale: float | None = None
+    target_scale: PositiveFloat | None = None
     """Fit ``asinh(y / target_scale)`` instead of y (None: y itself), compressing the large degradations
     at bad SNR. On SmolLM2 it did not help (see the README results), so it is off by default."""
 
-    def __post_init__(self) -> None:
-        check_int("surrogate.members", self.members, 1, 64)
-        if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
-            raise ValueError(f"surrogate.hidden must be a list of layer widths like [128, 128], got {self.hidden!r}")
-        self.hidden = tuple(check_int("surrogate.hidden", h, 1, 4096) for h in self.hidden)
-        if not self.hidden:
-            raise ValueError("surrogate.hidden must list at least one layer width, got []")
-        check_int("surrogate.epochs", self.epochs, 1)
-        check_range("surrogate.lr", self.lr, 0.0, 1.0, low_open=True)
-        check_range("surrogate.weight_decay", self.weight_decay, 0.0)
-        check_bool("surrogate.bootstrap", self.bootstrap)
-        check_bool("surrogate.refit_all", self.refit_all)
-        check_range("surrogate.holdout", self.holdout, 0.0, 0.9)
-        check_choice("surrogate.split_encoding", self.split_encoding, SPLIT_ENCODINGS)
-        check_int("surrogate.seed", self.seed, 0)
-        if self.target_scale is not None:
-            check_range("surrogate.target_scale", self.target_scale, 0.0, low_open=True)
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | SurrogateConfig | None) -> SurrogateConfig:
-        if isinstance(d, SurrogateConfig):
-            return d
-        return dataclass_from_mapping(cls, d, "surrogate")
+    def from_dict(cls, d: Mapping[str, Any] | SurrogateConfig | None, name: str = "surrogate") -> SurrogateConfig:
+        return super().from_dict(d, name)
 
 
 MIN_R2_POINTS = 5
@@ -361,7 +343,7 @@ class SurrogateEnsemble(SurrogateRewardModel):
                 "y_mean": self.y_mean, "y_std": self.y_std, "fits": self.fits,
                 "meta": {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "ppl_clean": self.ppl_clean,
                          "channel": self.channel, "param": self.param, "ks": list(self.ks),
-                         "n_features": self.n_features, "config": _config_dict(self.config)}}
+                         "n_features": self.n_features, "config": self.config.to_dict()}}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Load weights and normalisation from :meth:`get_state` (the network shape must match)."""
@@ -420,12 +402,6 @@ class SurrogateEnsemble(SurrogateRewardModel):
         if header.get("report"):
             ens.report = FitReport(**header["report"])
         return ens
-
-
-def _config_dict(cfg: SurrogateConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["hidden"] = list(cfg.hidden)
-    return d
 
 
 def fit_on_grid(model: RewardModel, config: SurrogateConfig | Mapping | None = None,

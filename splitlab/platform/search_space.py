@@ -28,10 +28,13 @@ import itertools
 import math
 import numbers
 import random
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from splitlab.config import ConfigModel, Float, PositiveInt, Str, set_dotted, validate
 
 DOMAINS = ("grid_search", "choice", "uniform", "loguniform", "randint")
 """Accepted search-domain keys of a ``params`` entry."""
@@ -45,9 +48,6 @@ SCHEDULERS = {"fifo": "fifo", "asha": "async_hyperband", "async_hyperband": "asy
 """Scheduler names accepted -> Tune's ``create_scheduler`` name. Population-based schedulers are left
 out: they need trials that restore mid-run from a mutated config, which a split-policy trial is not."""
 MODES = ("max", "min")
-SWEEP_KEYS = ("name", "metric", "mode", "searcher", "searcher_args", "scheduler", "scheduler_args",
-              "num_samples", "max_concurrent_trials", "cpus_per_trial", "storage_path", "experiment", "params")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -93,88 +93,71 @@ class Domain:
         return rng.randrange(low, high)
 
 
-@dataclass
-class SweepSpec:
+class SweepSpec(ConfigModel):
     """The validated ``sweep:`` section. Build with :meth:`from_dict`."""
 
-    name: str
-    """Sweep name: the Tune experiment folder under ``storage_path`` and the MLflow tag ``splitlab.sweep``."""
-    metric: str = "policy/return"
+    label: ClassVar[str] = "sweep"
+
+    name: Annotated[Str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "sweep"
+    """Sweep name: the Tune experiment folder under ``storage_path`` and the MLflow tag ``splitlab.sweep``
+    (letters, digits, '_', '-', '.'; default: the spec file's stem)."""
+    metric: Annotated[Str, Field(min_length=1)] = "policy/return"
     """Reported metric the searcher and scheduler optimise (namespaced, as the trainable reports it)."""
-    mode: str = "max"
+    mode: Literal[MODES] = "max"
     """``max`` or ``min``."""
-    searcher: str = "random"
-    """By name: random / variant_generator (built in) or one of EXTERNAL_SEARCHERS when its package is installed."""
-    searcher_args: dict = field(default_factory=dict)
+    searcher: Str = "random"
+    """By name: random / variant_generator (built in) or one of optuna, hyperopt, bayesopt, ax, nevergrad,
+    zoopt, hebo, bohb when its package is installed."""
+    searcher_args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the searcher's constructor."""
-    scheduler: str = "fifo"
-    """By name, one of SCHEDULERS (asha stops weak trials early on ``metric``)."""
-    scheduler_args: dict = field(default_factory=dict)
+    scheduler: Literal[tuple(SCHEDULERS)] = "fifo"
+    """By name: fifo, asha / async_hyperband, hyperband, median_stopping_rule (asha stops weak trials early
+    on ``metric``)."""
+    scheduler_args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the scheduler (e.g. grace_period, max_t for asha)."""
-    num_samples: int = 1
+    num_samples: PositiveInt = 1
     """Trials per grid point (Tune's num_samples): repeats of the grid, each drawing the distributions anew."""
-    max_concurrent_trials: int | None = None
+    max_concurrent_trials: PositiveInt | None = None
     """Trials running at once; None lets Tune fill the cluster's CPUs."""
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: Annotated[Float, Field(gt=0, le=1024)] = 1.0
     """CPUs reserved per trial; fractions are fine (a 2-core machine runs 4 trials at 0.5)."""
-    storage_path: str = "runs/sweeps"
+    storage_path: Annotated[Str, Field(min_length=1)] = "runs/sweeps"
     """Where Tune keeps trial state and checkpoints (a local folder, or s3://... / a shared mount on a cluster)."""
-    experiment: str = "splitlab-sweeps"
+    experiment: Annotated[Str, Field(min_length=1)] = "splitlab-sweeps"
     """MLflow experiment the trials' runs land in; the sweep tag tells sweeps apart inside it."""
-    params: dict[str, Domain | Any] = field(default_factory=dict)
-    """Dotted spec path -> Domain (swept) or a plain value (fixed override for every trial)."""
+    params: dict[str, Any]
+    """Dotted spec path -> a search domain (``{grid_search: [...]}``, ``{choice: [...]}``, ``{uniform: [low,
+    high]}``, ``{loguniform: [low, high]}``, ``{randint: [low, high]}``) or a plain value (a fixed override
+    for every trial)."""
+
+    @field_validator("searcher")
+    @classmethod
+    def _searcher(cls, name: str) -> str:
+        return _check_searcher(name)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping) or not raw:
+            raise ValueError("must map dotted spec paths to values or search domains, e.g. "
+                             "{'env.w_l': {'grid_search': [0.1, 0.5]}}")
+        params = {str(path): parse_domain(f"sweep.params.{path}", value) for path, value in raw.items()}
+        _check_paths(params)
+        return params
+
+    @model_validator(mode="after")
+    def _grid_searcher(self) -> SweepSpec:
+        if self.searcher not in BUILTIN_SEARCHERS and self.grid_points() > 1:
+            raise ValueError(f"sweep.searcher {self.searcher!r} cannot expand grid_search (only "
+                             f"{list(BUILTIN_SEARCHERS)} can); use choice for that searcher or searcher: random")
+        return self
 
     @classmethod
     def from_dict(cls, raw: Any, default_name: str = "sweep") -> SweepSpec:
         """Validate the raw ``sweep:`` mapping; errors name the field, the value and what is accepted."""
         if not isinstance(raw, Mapping):
-            raise ValueError(f"sweep must be a mapping with keys {list(SWEEP_KEYS)}, got {raw!r}")
-        unknown = sorted(set(raw) - set(SWEEP_KEYS))
-        if unknown:
-            raise ValueError(f"unknown sweep keys {unknown}; accepted keys: {list(SWEEP_KEYS)}")
-        name = raw.get("name", default_name)
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(f"sweep.name must be letters, digits, '_', '-' or '.', got {name!r}")
-        metric = raw.get("metric", cls.metric)
-        if not isinstance(metric, str) or not metric:
-            raise ValueError(f"sweep.metric must be a metric name like 'policy/return', got {metric!r}")
-        mode = raw.get("mode", "max")
-        if mode not in MODES:
-            raise ValueError(f"sweep.mode must be one of {list(MODES)}, got {mode!r}")
-        searcher = _check_searcher(raw.get("searcher", "random"))
-        scheduler = raw.get("scheduler", "fifo")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"sweep.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-        for key in ("searcher_args", "scheduler_args"):
-            if not isinstance(raw.get(key, {}), Mapping):
-                raise ValueError(f"sweep.{key} must be a mapping of keyword arguments, got {raw[key]!r}")
-        num_samples = raw.get("num_samples", 1)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"sweep.num_samples must be an integer >= 1, got {num_samples!r}")
-        mct = raw.get("max_concurrent_trials")
-        if mct is not None and (isinstance(mct, bool) or not isinstance(mct, int) or mct < 1):
-            raise ValueError(f"sweep.max_concurrent_trials must be an integer >= 1 or null, got {mct!r}")
-        cpus = raw.get("cpus_per_trial", 1.0)
-        if isinstance(cpus, bool) or not isinstance(cpus, numbers.Real) or not 0 < cpus <= 1024:
-            raise ValueError(f"sweep.cpus_per_trial must be a number in (0, 1024], got {cpus!r}")
-        for key in ("storage_path", "experiment"):
-            if key in raw and (not isinstance(raw[key], str) or not raw[key]):
-                raise ValueError(f"sweep.{key} must be a non-empty string, got {raw[key]!r}")
-        params_raw = raw.get("params")
-        if not isinstance(params_raw, Mapping) or not params_raw:
-            raise ValueError("sweep.params must map dotted spec paths to values or search domains, e.g. "
-                             "{'env.w_l': {'grid_search': [0.1, 0.5]}}, got " + repr(params_raw))
-        params = {str(path): parse_domain(f"sweep.params.{path}", value) for path, value in params_raw.items()}
-        _check_paths(params)
-        spec = cls(name=name, metric=metric, mode=mode, searcher=searcher, searcher_args=dict(raw.get("searcher_args", {})),
-                   scheduler=scheduler, scheduler_args=dict(raw.get("scheduler_args", {})), num_samples=num_samples,
-                   max_concurrent_trials=mct, cpus_per_trial=float(cpus),
-                   storage_path=raw.get("storage_path", cls.storage_path),
-                   experiment=raw.get("experiment", cls.experiment), params=params)
-        if searcher not in BUILTIN_SEARCHERS and spec.grid_points() > 1:
-            raise ValueError(f"sweep.searcher {searcher!r} cannot expand grid_search (only {list(BUILTIN_SEARCHERS)} "
-                             "can); use choice for that searcher or searcher: random")
-        return spec
+            raise ValueError(f"sweep must be a mapping with keys {list(cls.model_fields)}, got {raw!r}")
+        return validate(cls, {"name": default_name, **raw}, "sweep")
 
     @property
     def swept(self) -> dict[str, Domain]:
@@ -193,7 +176,7 @@ class SweepSpec:
         """Tune's ``param_space``: the params as nested dicts, swept ones as Tune domains."""
         out: dict = {}
         for path, value in self.params.items():
-            set_path(out, path, value.to_tune() if isinstance(value, Domain) else copy.deepcopy(value))
+            set_dotted(out, path, value.to_tune() if isinstance(value, Domain) else copy.deepcopy(value))
         return out
 
     def representative_overrides(self, limit: int = 64) -> list[dict]:
@@ -215,18 +198,15 @@ class SweepSpec:
         for combo in combos:
             nested: dict = {}
             for path, value in zip(paths, combo):
-                set_path(nested, path, copy.deepcopy(value))
+                set_dotted(nested, path, copy.deepcopy(value))
             out.append(nested)
         return out
 
     def to_dict(self) -> dict:
         """Plain dict as written in YAML (for logging and for the job that a cluster runs)."""
-        return {"name": self.name, "metric": self.metric, "mode": self.mode, "searcher": self.searcher,
-                "searcher_args": self.searcher_args, "scheduler": self.scheduler,
-                "scheduler_args": self.scheduler_args, "num_samples": self.num_samples,
-                "max_concurrent_trials": self.max_concurrent_trials, "cpus_per_trial": self.cpus_per_trial,
-                "storage_path": self.storage_path, "experiment": self.experiment,
-                "params": {p: ({d.kind: d.args} if isinstance(d, Domain) else d) for p, d in self.params.items()}}
+        out = self.model_dump(mode="json", exclude={"params"})
+        out["params"] = {p: ({d.kind: d.args} if isinstance(d, Domain) else d) for p, d in self.params.items()}
+        return out
 
 
 def _check_searcher(name: Any) -> str:
@@ -235,11 +215,10 @@ def _check_searcher(name: Any) -> str:
     if name in EXTERNAL_SEARCHERS:
         module = EXTERNAL_SEARCHERS[name]
         if importlib.util.find_spec(module) is None:
-            raise ValueError(f"sweep.searcher {name!r} needs the {module!r} package, which is not installed; "
+            raise ValueError(f"needs the {module!r} package, which is not installed; "
                              f"install it or use one of {list(BUILTIN_SEARCHERS)}")
         return name
-    raise ValueError(f"sweep.searcher must be one of {list(BUILTIN_SEARCHERS) + list(EXTERNAL_SEARCHERS)}, "
-                     f"got {name!r}")
+    raise ValueError(f"must be one of {list(BUILTIN_SEARCHERS) + list(EXTERNAL_SEARCHERS)}")
 
 
 def _number(name: str, value: Any, integer: bool = False) -> float | int:
@@ -295,18 +274,6 @@ def _check_paths(params: Mapping[str, Any]) -> None:
     for a, b in zip(ordered, ordered[1:]):
         if b.startswith(a + "."):
             raise ValueError(f"sweep.params keys {a!r} and {b!r} overlap: one sets the other's parent")
-
-
-def set_path(tree: dict, path: str, value: Any) -> None:
-    """``set_path(d, "env.w_l", 0.5)``: create the nested dicts on the way and set the leaf."""
-    *parents, leaf = path.split(".")
-    node = tree
-    for key in parents:
-        nxt = node.setdefault(key, {})
-        if not isinstance(nxt, dict):
-            raise ValueError(f"cannot set {path!r}: {key!r} holds {nxt!r}, not a mapping")
-        node = nxt
-    node[leaf] = value
 
 
 def apply_overrides(base: Mapping, overrides: Mapping) -> dict:
