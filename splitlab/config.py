@@ -210,7 +210,9 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def yaml_value(text: str) -> Any:
-    """The YAML value of ``text`` (``5`` -> 5, ``[0,3]`` -> [0, 3], ``null`` -> None, ``1e-3`` -> 0.001)."""
+    """The YAML value of ``text`` (``5`` -> 5, ``[0,3]`` -> [0, 3], ``null`` or ``none`` -> None, ``1e-3`` -> 0.001)."""
+    if text.strip() in ("none", "None"):  # what `serve run key=none` users write for null
+        return None
     try:
         return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError:
@@ -277,6 +279,22 @@ def apply_settings(cls: type[M], data: Mapping[str, Any] | None, settings: Itera
     finally:
         _VALIDATING.reset(token)
     return validate(cls, tree, name)
+
+
+def read_yaml_mapping(path: Any, what: str = "config") -> dict[str, Any]:
+    """The YAML mapping in ``path``; a missing file, bad YAML or a non-mapping is a clear error."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: a {what} must be a YAML mapping of sections, got {type(raw).__name__}")
+    return dict(raw)
 
 
 def to_yaml(config: BaseModel | Mapping[str, Any]) -> str:

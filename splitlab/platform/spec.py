@@ -36,10 +36,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from splitlab.config import Bool, ConfigModel, Float, Int, Str, apply_settings
+from splitlab.config import Bool, ConfigModel, Float, Int, Str, apply_settings, read_yaml_mapping
 from splitlab.envs.config import SplitEnvSettings
 from splitlab.envs.multi_user import MultiUserCell
 from splitlab.envs.reward_specs import MeasuredSpec, RewardSpec, channel_param, parse_reward_spec
@@ -305,16 +304,7 @@ class ExperimentSpec(ConfigModel):
 
 def read_spec_file(path: str | Path, what: str = "spec") -> dict:
     """The YAML mapping in ``path``; a missing file, bad YAML or a non-mapping is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a spec must be a YAML mapping of sections, got {type(raw).__name__}")
-    return dict(raw)
+    return read_yaml_mapping(path, what)
 
 
 def load_spec(path: str | Path, settings: list[tuple[str, Any]] | dict[str, Any] | None = None) -> ExperimentSpec:

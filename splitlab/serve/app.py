@@ -8,6 +8,7 @@ by deployment name (``SplitIngress``, ``SplitPolicy``, ``UEHalf``, ``EdgeHalf``)
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,14 @@ def edge_autoscaling(config: ServeConfig) -> dict[str, Any]:
             "upscale_delay_s": 5.0, "downscale_delay_s": 120.0}
 
 
-def build_app(config: ServeConfig) -> Application:
-    """The bound application for ``config``; validates the split range against the model first."""
+def build_app(config: ServeConfig, deployments: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+    """The bound application for ``config``; validates the split range against the model first.
+
+    ``deployments`` (``{deployment name: options}``, a Serve config file's ``deployments:`` section read by
+    :func:`~splitlab.serve.config.read_serve_file`) override the replica options set here, as ``serve deploy``
+    does with the same file.
+    """
+    extra = {name: dict(options) for name, options in (deployments or {}).items()}
     num_layers = model_facts(config.model).num_layers
     # Paths as the caller meant them: replicas may run in another working directory (and RLlib
     # reads a relative checkpoint path as a URI without a scheme).
@@ -47,13 +54,12 @@ def build_app(config: ServeConfig) -> Application:
             "health_check_period_s": config.health_check_period_s, "graceful_shutdown_timeout_s": 5.0}
     edge = EdgeHalf.options(autoscaling_config=edge_autoscaling(config), max_ongoing_requests=config.max_streams,
                             request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH),
-                            **half).bind(args)
+                            **half).options(**extra.get("EdgeHalf", {})).bind(args)
     ue = UEHalf.options(num_replicas=config.ue_replicas, max_ongoing_requests=config.max_streams,
-                        **half).bind(args, edge)
-    policy = SplitPolicy.options(num_replicas=1, ray_actor_options={"num_cpus": LIGHT_CPUS},
-                                 max_ongoing_requests=4 * config.max_streams).bind(args)
-    return SplitIngress.options(num_replicas=1, ray_actor_options={"num_cpus": LIGHT_CPUS},
-                                max_ongoing_requests=4 * config.max_streams).bind(args, ue, policy)
+                        **half).options(**extra.get("UEHalf", {})).bind(args, edge)
+    light = {"num_replicas": 1, "ray_actor_options": {"num_cpus": LIGHT_CPUS}, "max_ongoing_requests": 4 * config.max_streams}
+    policy = SplitPolicy.options(**light).options(**extra.get("SplitPolicy", {})).bind(args)
+    return SplitIngress.options(**light).options(**extra.get("SplitIngress", {})).bind(args, ue, policy)
 
 
 def build(args: dict[str, Any] | None = None) -> Application:

@@ -3,136 +3,113 @@
 :class:`ServeConfig` is the single source of the service's settings. ``splitlab serve`` fills it from
 flags, ``serve run splitlab.serve.app:build key=value ...`` and ``serve deploy serve_config.yaml``
 from the application's ``args``; :meth:`ServeConfig.from_dict` validates all three the same way and
-accepts the strings that ``serve run`` passes (``max_split=15``, ``wait_link=true``).
+accepts the strings that ``serve run`` passes (``max_split=15``, ``wait_link=true``), read as YAML and
+kept as text where the field is a string. :func:`read_serve_file` reads a Serve config file: its first
+application's ``args`` and its ``deployments:`` overrides, which ``splitlab serve --config`` applies
+the way ``serve deploy`` does.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
-from splitlab.channel.validation import check_bool, check_int
+from pydantic import ConfigDict, Field, model_validator
+
+from splitlab.config import (
+    Bool,
+    ConfigModel,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    apply_settings,
+    read_yaml_mapping,
+    validate,
+)
 from splitlab.serve.profiles import CHANNEL_PROFILES
 
+DEPLOYMENT_NAMES = ("SplitIngress", "SplitPolicy", "UEHalf", "EdgeHalf")
+"""The application's deployments, by the names a Serve config file's ``deployments:`` uses."""
 
-@dataclass(frozen=True)
-class ServeConfig:
+
+class ServeConfig(ConfigModel):
     """Settings of the split-inference service. Validated on construction."""
 
-    model: str = "smollm2"
+    model_config = ConfigDict(frozen=True)
+    label: ClassVar[str] = "serve config"
+
+    model: Annotated[Str, Field(min_length=1)] = "smollm2"
     """Model spec (``smollm2``, ``tiny-llama``, ``tiny-gpt2`` or a local checkpoint); also the
     ``model`` name clients send."""
-    min_split: int = 0
+    min_split: NonNegativeInt = 0
     """Smallest split point k a request may use; the edge half holds layers ``>= min_split``."""
-    max_split: int | None = None
+    max_split: NonNegativeInt | None = None
     """Largest split point k; the UE half holds layers ``< max_split``. None: half the layers, or the
     deepest split the ``policy_checkpoint`` may choose."""
-    default_split: int | None = None
+    default_split: NonNegativeInt | None = None
     """k used by the fixed rule (no grid, no checkpoint). None: a third of the layers, clamped to
     ``[min_split, max_split]`` (k = 10 on SmolLM2)."""
-    policy_grid: str | None = None
+    policy_grid: Str | None = None
     """``grid.json`` of measured perplexity (``splitlab analyze``): the policy picks k by the rule
     ``argmax_k -w_q log(ppl_k / ppl_clean) - w_c k / L`` at the request's SNR."""
-    policy_grid_channel: str = "awgn"
+    policy_grid_channel: Str = "awgn"
     """Channel kind of the grid slice the rule reads."""
-    policy_checkpoint: str | None = None
+    policy_checkpoint: Str | None = None
     """Run folder (or its ``policy/``) of a ``splitlab train`` run with the wireless preset; the service
     picks k as that policy does on a request's SNR. Wins over ``policy_grid``."""
-    w_q: float = 1.0
+    w_q: NonNegativeFloat = 1.0
     """Quality weight of the grid rule."""
-    w_c: float = 0.1
+    w_c: NonNegativeFloat = 0.1
     """UE-compute weight of the grid rule."""
-    default_profile: str = "clean"
+    default_profile: Literal[tuple(CHANNEL_PROFILES)] = "clean"
     """Channel profile of requests that name neither ``channel_profile`` nor ``snr_db``."""
-    max_tokens_limit: int = 1024
+    max_tokens_limit: PositiveInt = 1024
     """Largest ``max_tokens`` a request may ask for."""
-    max_context: int | None = None
+    max_context: NonNegativeInt | None = None
     """Most prompt + generated tokens per request. None: the model's ``max_position_embeddings``."""
-    wait_link: bool = False
+    wait_link: Bool = False
     """Also sleep the simulated link latency of every transmission (wall time = compute + air time)."""
-    edge_min_replicas: int = 1
+    edge_min_replicas: PositiveInt = 1
     """Autoscaling lower bound of the edge half."""
-    edge_max_replicas: int = 2
+    edge_max_replicas: PositiveInt = 2
     """Autoscaling upper bound of the edge half."""
-    edge_target_ongoing_requests: float = 4.0
+    edge_target_ongoing_requests: PositiveFloat = 4.0
     """Autoscaling target: in-flight token steps per edge replica."""
-    ue_replicas: int = 1
+    ue_replicas: PositiveInt = 1
     """Replicas of the UE half (each request's UE state lives inside one streaming call)."""
-    replica_cpus: float = 0.5
+    replica_cpus: NonNegativeFloat = 0.5
     """CPUs reserved by each UE and edge replica (fractional on small machines)."""
-    max_streams: int = 64
+    max_streams: PositiveInt = 64
     """Concurrent requests per UE replica and KV caches kept per edge replica (LRU beyond)."""
-    session_ttl_s: float = 300.0
+    session_ttl_s: PositiveFloat = 300.0
     """An edge KV cache idle this long is dropped (its UE vanished); a late step rebuilds it."""
-    edge_retry_s: float = 60.0
+    edge_retry_s: PositiveFloat = 60.0
     """How long the UE keeps retrying an edge that died or is restarting before failing."""
-    health_check_period_s: float = 2.0
+    health_check_period_s: PositiveFloat = 2.0
     """Serve health-check period of the halves (how fast a dead replica is replaced)."""
 
-    def __post_init__(self) -> None:
-        _check_str("model", self.model)
-        if not self.model:
-            raise ValueError("model must be a non-empty model spec, e.g. 'smollm2' or 'tiny-llama'")
-        check_int("min_split", self.min_split, 0)
-        for name in ("max_split", "default_split", "max_context"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 0)
+    @model_validator(mode="after")
+    def _ordered(self) -> ServeConfig:
         if self.max_split is not None and self.max_split < self.min_split:
             raise ValueError(f"max_split ({self.max_split}) must be >= min_split ({self.min_split})")
-        for name in ("policy_grid", "policy_checkpoint"):
-            if getattr(self, name) is not None:
-                _check_str(name, getattr(self, name))
-        _check_str("policy_grid_channel", self.policy_grid_channel)
-        for name in ("w_q", "w_c"):
-            _check_float(name, getattr(self, name), 0.0)
-        if self.default_profile not in CHANNEL_PROFILES:
-            raise ValueError(f"default_profile must be one of {sorted(CHANNEL_PROFILES)}, got {self.default_profile!r}")
-        check_int("max_tokens_limit", self.max_tokens_limit, 1)
-        check_bool("wait_link", self.wait_link)
-        check_int("edge_min_replicas", self.edge_min_replicas, 1)
-        check_int("edge_max_replicas", self.edge_max_replicas, self.edge_min_replicas)
-        _check_float("edge_target_ongoing_requests", self.edge_target_ongoing_requests, 0.0, low_open=True)
-        check_int("ue_replicas", self.ue_replicas, 1)
-        _check_float("replica_cpus", self.replica_cpus, 0.0)
-        check_int("max_streams", self.max_streams, 1)
-        for name in ("session_ttl_s", "edge_retry_s", "health_check_period_s"):
-            _check_float(name, getattr(self, name), 0.0, low_open=True)
+        if self.edge_max_replicas < self.edge_min_replicas:
+            raise ValueError(f"edge_max_replicas must be >= edge_min_replicas={self.edge_min_replicas}, "
+                             f"got {self.edge_max_replicas}")
+        return self
 
-    # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "ServeConfig":
+    def from_dict(cls, data: Mapping[str, Any] | ServeConfig | None, name: str = "") -> ServeConfig:
         """Build from a mapping (YAML ``args``, ``serve run`` key=value pairs); unknown keys are an error.
 
-        Strings are converted to the field's type, since ``serve run app:build max_split=15`` passes
-        every value as a string.
+        String values are read as YAML (``serve run app:build max_split=15`` passes every value as a
+        string), except in string fields, which keep the text.
         """
-        data = dict(data or {})
-        accepted = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(accepted))
-        if unknown:
-            raise ValueError(f"unknown serve config keys {unknown}; accepted keys: {sorted(accepted)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{key: _coerce(key, value, hints[key]) for key, value in data.items()})
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "ServeConfig":
-        """Read the ``args`` of a Serve config file's first application, or a plain mapping file."""
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if isinstance(data, Mapping) and "applications" in data:
-            data = data["applications"][0].get("args", {})
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "ServeConfig":
-        return dataclasses.replace(self, **changes)
+        if isinstance(data, ServeConfig):
+            return data
+        return apply_settings(cls, {}, dict(data or {}), name)
 
     # ------------------------------------------------------------------ derived
     def split_range(self, num_layers: int) -> tuple[int, int]:
@@ -153,6 +130,51 @@ class ServeConfig:
         return min(max(k, low), high)
 
 
+class DeploymentOptions(ConfigModel):
+    """One entry of a Serve config file's ``deployments:``: options that override the app's defaults."""
+
+    name: Literal[DEPLOYMENT_NAMES]
+    """Which deployment these options apply to."""
+    num_replicas: PositiveInt | Literal["auto"] | None = None
+    """Fixed replica count (not with ``autoscaling_config``)."""
+    max_ongoing_requests: PositiveInt | None = None
+    """Requests one replica runs at once."""
+    max_queued_requests: Annotated[int, Field(ge=-1)] | None = None
+    """Requests waiting per caller before new ones are refused (-1: no limit)."""
+    ray_actor_options: dict[str, Any] | None = None
+    """Ray actor options of each replica (``num_cpus``, ``memory``, ...)."""
+    autoscaling_config: dict[str, Any] | None = None
+    """Serve's autoscaling config (``min_replicas``, ``max_replicas``, ``target_ongoing_requests``, ...)."""
+    health_check_period_s: PositiveFloat | None = None
+    """Seconds between health checks of a replica."""
+    health_check_timeout_s: PositiveFloat | None = None
+    """Seconds a health check may take."""
+    graceful_shutdown_timeout_s: NonNegativeFloat | None = None
+    """Seconds a stopping replica gets to finish its requests."""
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments for ``Deployment.options`` (only what the file sets)."""
+        return self.model_dump(exclude={"name"}, exclude_none=True)
+
+
+def read_serve_file(path: str | Path) -> tuple[ServeConfig, dict[str, dict[str, Any]]]:
+    """A Serve config file's first application -> (its ``args`` as a ServeConfig, ``{deployment: options}``);
+    a plain YAML mapping of ServeConfig fields -> (that config, no overrides)."""
+    data = read_yaml_mapping(path, "serve config")
+    if "applications" not in data:
+        return ServeConfig.from_dict(data), {}
+    apps = data["applications"]
+    if not isinstance(apps, list) or not apps or not isinstance(apps[0], Mapping):
+        raise ValueError(f"{path}: applications must be a list of applications, got {apps!r}")
+    app = apps[0]
+    config = ServeConfig.from_dict(app.get("args") or {}, "args")
+    overrides = {}
+    for i, entry in enumerate(app.get("deployments") or []):
+        opts = validate(DeploymentOptions, entry, f"deployments[{i}]")
+        overrides[opts.name] = opts.options()
+    return config, overrides
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the service needs to know about a model without loading its weights."""
@@ -171,37 +193,3 @@ def model_facts(spec: str) -> ModelFacts:
     cfg = AutoConfig.from_pretrained(resolve_checkpoint(spec), local_files_only=True)
     positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     return ModelFacts(int(cfg.num_hidden_layers), int(cfg.hidden_size), int(positions))
-
-
-def _check_float(name: str, value: Any, low: float, low_open: bool = False) -> None:
-    # A scalar only: the shared check_range also accepts arrays, which no setting here is.
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (low_open and value == low):
-        raise ValueError(f"{name} must be a finite number {'>' if low_open else '>='} {low}, got {value!r}")
-
-
-def _check_str(name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a str, got {value!r}")
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Convert a ``serve run`` string to the field's type; other values pass through to validation."""
-    if not isinstance(value, str):
-        return value
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if type(None) in options and value.lower() in ("none", "null", ""):
-        return None
-    for kind in options:
-        if kind is bool:
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        if kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
-    return value

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 
 from splitlab.serve.config import ServeConfig
 
@@ -24,7 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_local(config: ServeConfig, host: str = "127.0.0.1", port: int | None = None, num_cpus: int | None = None,
-                app_name: str = APP_NAME, route_prefix: str = "/") -> str:
+                app_name: str = APP_NAME, route_prefix: str = "/", deployments: Mapping | None = None) -> str:
     """Start an embedded Ray and Serve on ``host``, deploy the app, wait until it runs; returns its URL."""
     import ray
     from ray import serve
@@ -33,17 +34,18 @@ def start_local(config: ServeConfig, host: str = "127.0.0.1", port: int | None =
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
              _node_ip_address=host, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
-    deploy(config, app_name, route_prefix)
+    deploy(config, app_name, route_prefix, deployments)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
-def deploy(config: ServeConfig, app_name: str = APP_NAME, route_prefix: str = "/") -> None:
+def deploy(config: ServeConfig, app_name: str = APP_NAME, route_prefix: str = "/",
+           deployments: Mapping | None = None) -> None:
     """Deploy (or update) one application on the running Serve instance; returns when it is running."""
     from ray import serve
 
     from splitlab.serve.app import build_app
 
-    serve.run(build_app(config), name=app_name, route_prefix=route_prefix, blocking=False)
+    serve.run(build_app(config, deployments), name=app_name, route_prefix=route_prefix, blocking=False)
 
 
 def stop_local() -> None:
@@ -56,14 +58,15 @@ def stop_local() -> None:
         ray.shutdown()
 
 
-def serve_forever(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None) -> None:
+def serve_forever(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
+                  deployments: Mapping | None = None) -> None:
     """``splitlab serve``: start, print how to call it, block until Ctrl-C or SIGTERM, then shut down."""
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # a process manager's stop shuts Serve and Ray down cleanly too
     try:
-        url = start_local(config, host, port, num_cpus)
+        url = start_local(config, host, port, num_cpus, deployments=deployments)
     except KeyboardInterrupt:
         stop_local()
         return
