@@ -20,25 +20,37 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0,10,20, got {text!r}") from None
 
 
-def _setting(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE like fading=rayleigh, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(raw)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(raw.lower(), raw)
+def _setting(text: str) -> tuple[str, str]:
+    from splitlab.config import parse_setting
+
+    try:
+        return parse_setting(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _given(args: argparse.Namespace, **fields: str) -> dict:
+    """Config fields from the flags the user gave (``field=flag attribute``); the config's defaults fill the rest."""
+    return {field: getattr(args, attr) for field, attr in fields.items() if getattr(args, attr) is not None}
+
+
+def _print_config(config) -> int:
+    from splitlab.config import to_yaml
+
+    print(to_yaml(config), end="")
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from splitlab.config import apply_settings
     from splitlab.platform.analysis import AnalysisConfig, run_analysis, summarise
 
-    cfg = AnalysisConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, window=args.window,
-                         splits=args.splits, channels=args.channels, rho=args.rho, snr_db=args.snr,
-                         channel_settings=dict(args.set), tasks=args.tasks, task_items=args.task_items,
-                         seeds=args.seeds, seed=args.seed, out=args.out, tracking_uri=args.tracking_uri)
+    flags = _given(args, model="model", corpus="corpus", tokens="tokens", window="window", splits="splits",
+                   channels="channels", rho="rho", snr_db="snr", tasks="tasks", task_items="task_items",
+                   seeds="seeds", seed="seed", out="out", tracking_uri="tracking_uri")
+    cfg = apply_settings(AnalysisConfig, flags, args.set)
+    if args.print_config:
+        return _print_config(cfg)
     grid, files, run_id = run_analysis(cfg, log=not args.no_mlflow)
     print(f"clean perplexity {grid['ppl_clean']:.3f} ({grid['tokens']} tokens of {grid['corpus']}); "
           f"{len(grid['rows'])} points in {grid['wall_time_s']:.0f} s")
@@ -53,20 +65,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for s in summary:
             print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s[task + '_best_k']:>6} "
                   f"{s[task + '_best_acc']:>6.3f} {s[task + '_worst_acc']:>9.3f}")
-    print(f"outputs in {args.out}/ ({len(files)} files)" + (f"; MLflow run {run_id}" if run_id else ""))
+    print(f"outputs in {cfg.out}/ ({len(files)} files)" + (f"; MLflow run {run_id}" if run_id else ""))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from splitlab.config import apply_settings
     from splitlab.platform.demo import DemoConfig, run_demo
 
-    return run_demo(DemoConfig(model=args.model, quick=args.quick, out=args.out, tracking_uri=args.tracking_uri))
+    cfg = apply_settings(DemoConfig, _given(args, model="model", quick="quick", out="out",
+                                            tracking_uri="tracking_uri"), args.set)
+    return _print_config(cfg) if args.print_config else run_demo(cfg)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splitlab.config import settle, validate
+    from splitlab.platform.spec import SweepFile, read_spec_file
     from splitlab.platform.sweep import load_plan
 
-    plan = load_plan(args.spec, name=args.name)
+    raw = read_spec_file(args.spec, "sweep spec")
+    raw.setdefault("name", Path(args.spec).stem)
+    raw = settle(SweepFile, raw, args.set)
+    if args.print_config:
+        return _print_config(validate(SweepFile, raw))
+    plan = load_plan(raw, name=args.name, where=args.spec)
     sweep = plan.sweep
     print(f"sweep {sweep.name}: {sweep.trial_count()} trials ({sweep.grid_points()} grid points x "
           f"{sweep.num_samples} samples), searcher {sweep.searcher}, scheduler {sweep.scheduler}, "
@@ -111,14 +135,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from splitlab.platform.spec import load_spec
     from splitlab.platform.training import run_training
 
-    overrides = dict(args.set)
+    settings = list(args.set)
     if args.tracking_uri:
-        overrides["tracking.uri"] = args.tracking_uri
+        settings.append(("tracking.uri", args.tracking_uri))
     if args.no_mlflow:
-        overrides["tracking.enabled"] = False
+        settings.append(("tracking.enabled", False))
     if args.out:
-        overrides["out"] = args.out
-    spec = load_spec(args.spec, overrides)  # validated before Ray starts
+        settings.append(("out", args.out))
+    spec = load_spec(args.spec, settings)  # validated before Ray starts
+    if args.print_config:
+        return _print_config(spec)
     result = run_training(spec, resume=not args.restart)
     m = result.metrics
     print(f"{'policy':<14} {'return':>10} {'vs oracle':>10} {'mean k':>7}")
@@ -150,24 +176,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value like max_split=15, got {text!r}")
-    return key.strip(), value.strip()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from splitlab.serve.config import ServeConfig
+    from splitlab.config import apply_settings
+    from splitlab.serve.config import ServeConfig, read_serve_file
     from splitlab.serve.local import serve_forever
 
-    settings: dict = {}
-    if args.config:
-        settings.update(ServeConfig.from_yaml(args.config).to_dict())
-    if args.model:
-        settings["model"] = args.model
-    settings.update(dict(args.set))
-    serve_forever(ServeConfig.from_dict(settings), args.host, args.port, args.num_cpus)
+    base, deployments = (read_serve_file(args.config) if args.config else (ServeConfig(), {}))
+    settings = ([("model", args.model)] if args.model else []) + list(args.set)
+    config = apply_settings(ServeConfig, base.to_dict(), settings)
+    if args.print_config:
+        from splitlab.config import to_yaml
+
+        print(to_yaml({"args": config.to_dict(),
+                       "deployments": [{"name": n, **o} for n, o in deployments.items()]}), end="")
+        return 0
+    serve_forever(config, args.host, args.port, args.num_cpus, deployments)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splitlab.config_docs import markdown, schema_json
+
+    if args.action == "schema":
+        print(schema_json(args.name))
+        return 0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown())
+    print(f"wrote {out}")
     return 0
 
 
@@ -194,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "half, the edge half (autoscaled), the split policy and a FastAPI ingress, answering "
                     "POST /v1/completions and /v1/chat/completions, GET /v1/models and /healthz. "
                     "How to run: splitlab serve --model smollm2 --port 8000 [--config serve_config.yaml] "
-                    "[--set max_split=15 --set policy_grid=runs/analyze/grid.json]; then curl "
+                    "[--set max_split=15 --set policy_grid=runs/analysis/grid.json]; then curl "
                     "http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d "
                     "'{\"prompt\": \"The capital of France is\", \"max_tokens\": 16, \"temperature\": 0, "
                     "\"channel_profile\": \"fair\"}'. "
@@ -203,10 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the text equals the unsplit model's. Ctrl-C stops it.",
     )
     serve.add_argument("--model", default=None, help="smollm2 (default), tiny-llama, tiny-gpt2, or a local checkpoint")
-    serve.add_argument("--config", default=None, help="a Serve config YAML (its first application's args) "
-                                                     "or a YAML mapping of ServeConfig fields")
-    serve.add_argument("--set", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
-                       help="override one ServeConfig field, e.g. --set max_split=15 (repeatable)")
+    serve.add_argument("--config", default=None, help="a Serve config YAML (its first application's args and its "
+                                                     "deployments: overrides) or a YAML mapping of ServeConfig fields")
+    _add_config_flags(serve, "a ServeConfig field, e.g. --set max_split=15 --set policy_grid=runs/analysis/grid.json")
     serve.add_argument("--host", default="127.0.0.1", help="address of the HTTP proxy (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port of the HTTP proxy (default 8000)")
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
@@ -223,28 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "link_cost.csv, heatmaps and line plots per channel, a summary table of the best k per "
                     "setting, one MLflow run.",
     )
-    analyze.add_argument("--model", default="smollm2", help="smollm2, tiny-llama, tiny-gpt2, or a local checkpoint")
-    analyze.add_argument("--corpus", default="wiki", choices=["wiki", "lambada"])
-    analyze.add_argument("--tokens", type=int, default=1024, help="tokens per point (default 1024)")
-    analyze.add_argument("--window", type=int, default=128, help="tokens per window (default 128)")
+    analyze.add_argument("--model", default=None, help="smollm2 (default), tiny-llama, tiny-gpt2, or a local checkpoint")
+    analyze.add_argument("--corpus", default=None, choices=["wiki", "lambada"], help="perplexity corpus (default wiki)")
+    analyze.add_argument("--tokens", type=int, default=None, help="tokens per point (default 1024)")
+    analyze.add_argument("--window", type=int, default=None, help="tokens per window (default 128)")
     analyze.add_argument("--splits", type=_int_list, default=None, help="split points (default: all 0..L)")
-    analyze.add_argument("--channels", type=lambda t: [c for c in t.split(",") if c],
-                         default=["erasure", "awgn", "awgn-per-channel", "digital"],
-                         help="sweeps: erasure, awgn, awgn-per-channel, digital (comma-separated)")
-    analyze.add_argument("--rho", type=_float_list, default=[0.02, 0.05, 0.1, 0.2, 0.3],
+    analyze.add_argument("--channels", type=lambda t: [c for c in t.split(",") if c], default=None,
+                         help="sweeps: erasure, awgn, awgn-per-channel, digital (comma-separated; default all four)")
+    analyze.add_argument("--rho", type=_float_list, default=None,
                          help="erasure probabilities (default 0.02,0.05,0.1,0.2,0.3)")
-    analyze.add_argument("--snr", type=_float_list, default=[0, 5, 10, 15, 20, 30],
+    analyze.add_argument("--snr", type=_float_list, default=None,
                          help="mean SNRs in dB for awgn and digital (default 0,5,10,15,20,30)")
-    analyze.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                         help="channel setting for every sweep, e.g. --set fading=rayleigh --set quant=int8")
-    analyze.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x], default=[],
+    analyze.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x], default=None,
                          help="accuracy tasks at every point too: lambada, hellaswag (comma-separated; slow)")
-    analyze.add_argument("--task-items", type=int, default=50, help="items per task (default 50)")
-    analyze.add_argument("--seeds", type=int, default=3, help="noise seeds per point (default 3)")
-    analyze.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    analyze.add_argument("--out", default="runs/analysis", help="output folder (default runs/analysis)")
+    analyze.add_argument("--task-items", type=int, default=None, help="items per task (default 50)")
+    analyze.add_argument("--seeds", type=int, default=None, help="noise seeds per point (default 3)")
+    analyze.add_argument("--seed", type=int, default=None, help="base seed (default 0)")
+    analyze.add_argument("--out", default=None, help="output folder (default runs/analysis)")
     analyze.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     analyze.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
+    _add_config_flags(analyze, "an analysis setting, e.g. --set channel_settings.fading=rayleigh "
+                               "--set channel_settings.quant=int8 --set batch_size=4")
     analyze.set_defaults(func=cmd_analyze)
     demo = sub.add_parser(
         "demo", help="the paper end to end: analysis, surrogate, Dyna PPO, baselines, summary",
@@ -254,10 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "splitlab demo --quick (about 2 min). Results to expect: a line per stage with elapsed time, "
                     "then a results table, where the plots are, and how to open the MLflow UI.",
     )
-    demo.add_argument("--model", default="smollm2", help="smollm2 (default), or tiny-llama for a smoke test")
-    demo.add_argument("--quick", action="store_true", help="the same story at a smaller size (about 2 min)")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--model", default=None, help="smollm2 (default), or tiny-llama for a smoke test")
+    demo.add_argument("--quick", action="store_const", const=True, default=None,
+                      help="the same story at a smaller size (about 2 min)")
+    demo.add_argument("--out", default=None, help="output folder (default runs/demo)")
     demo.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
+    _add_config_flags(demo, "a demo setting, e.g. --set quick=true")
     demo.set_defaults(func=cmd_demo)
     sweep = sub.add_parser(
         "sweep", help="a spec's sweep section as Ray Tune trials, one MLflow run per trial",
@@ -279,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     sweep.add_argument("--num-cpus", type=float, default=None, help="CPUs of the embedded Ray (default: all)")
     sweep.add_argument("--dry-run", action="store_true", help="validate the spec and print the search space only")
+    _add_config_flags(sweep, "a spec or sweep field by its dotted path, e.g. --set algorithm.iterations=5 "
+                             "--set sweep.num_samples=3")
     sweep.set_defaults(func=cmd_sweep)
 
     submit = sub.add_parser(
@@ -307,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="a sweep's trials from MLflow: best split policy per network condition, plots",
         description="This reads a sweep's runs back from MLflow (tag splitlab.sweep=SWEEP, or a sweep id), groups "
                     "them by network condition (the swept params outside the algorithm sections) and compares them. "
-                    "How to run: splitlab report network-sweep [--by env.dynamics.mean_snr_db]. Results to expect: "
+                    "How to run: splitlab report network-sweep [--by env.dynamics.mean_db]. Results to expect: "
                     "a table of the best trial per condition (return, oracle return, fraction of the oracle, real "
                     "LLM evaluations, mean split k), a table of all trials, and CSVs plus comparison plots in "
                     "runs/reports/SWEEP/.",
@@ -333,14 +373,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "surrogate.npz) in out/NAME/ and one MLflow run.",
     )
     train.add_argument("spec", help="experiment spec YAML (e.g. tune_configs/dyna.yaml)")
-    train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec field by its dotted path, e.g. --set algorithm.iterations=5")
+    _add_config_flags(train, "a spec field by its dotted path, e.g. --set algorithm.iterations=5 "
+                             "--set env.candidate_ks=[0,3,6]")
     train.add_argument("--out", default=None, help="parent folder of the run folder (default: the spec's out)")
     train.add_argument("--restart", action="store_true", help="start over instead of resuming from a checkpoint")
     train.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     train.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     train.set_defaults(func=cmd_train)
+
+    config = sub.add_parser(
+        "config", help="the reference of every config: JSON Schema, or docs/config.md",
+        description="This prints the JSON Schema of a config (spec, sweep, serve, analysis, demo, env, multi_user, "
+                    "channel; all of them without a name), or writes the Markdown reference. "
+                    "How to run: splitlab config schema spec; splitlab config docs --out docs/config.md. "
+                    "Results to expect: JSON on stdout with every field's type, bounds, default and description; "
+                    "or docs/config.md rewritten from the models.",
+    )
+    config.add_argument("action", choices=["schema", "docs"], help="schema: JSON Schema; docs: write the Markdown")
+    config.add_argument("name", nargs="?", default=None, help="which config (schema only; default: all)")
+    config.add_argument("--out", default="docs/config.md", help="where docs writes (default docs/config.md)")
+    config.set_defaults(func=cmd_config)
     return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, example: str) -> None:
+    """The two flags every command with a config shares: ``--set`` and ``--print-config``."""
+    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override {example} (repeatable; the value is read as YAML: numbers, lists, "
+                             "null, strings; the key reference is docs/config.md)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,6 +140,10 @@ def _sentence(where: str, problem: Mapping[str, Any]) -> str:
              "finite_number": "must be a finite number", "dict_type": "must be a mapping"}
     if problem["type"] in plain:
         return f"{where} {plain[problem['type']]}{got}"
+    if problem["type"] == "too_short":
+        return f"{where} must have at least {ctx.get('min_length')} item(s){got}"
+    if problem["type"] == "too_long":
+        return f"{where} must have at most {ctx.get('max_length')} item(s){got}"
     msg = msg.replace("Input should be", "must be").replace("Input should have", "must have")
     if not msg.startswith("must"):
         msg = "is invalid: " + msg[0].lower() + msg[1:]
@@ -150,7 +154,7 @@ def _readable_path(loc: Iterable[Any], data: Any) -> list[Any]:
     """Drop the tags pydantic adds for ``kind``-keyed unions (``quality.live.n_tokens`` -> ``quality.n_tokens``)."""
     out, node = [], data
     for part in loc:
-        if isinstance(node, Mapping) and part not in node and node.get("kind") == part:
+        if isinstance(node, Mapping) and part not in node and any(node.get(tag) == part for tag in ("kind", "env")):
             continue  # the union's tag, not a key of the data
         if isinstance(part, str) and part.startswith(("function-", "tagged-union[")):
             continue
@@ -259,26 +263,45 @@ def apply_settings(cls: type[M], data: Mapping[str, Any] | None, settings: Itera
     A text value is read as YAML, except where the field is a string: there the text is kept as written.
     Other values are set as they are.
     """
+    return validate(cls, settle(cls, data, settings), name)
+
+
+def settle(cls: type[BaseModel], data: Mapping[str, Any] | None,
+           settings: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the overrides of :func:`apply_settings` applied and typed for ``cls`` (not yet validated)."""
     tree = copy.deepcopy(dict(data or {}))
     pairs = list(settings.items()) if isinstance(settings, Mapping) else list(settings)
     texts = {key: value for key, value in pairs if isinstance(value, str)}
     for key, value in pairs:
         set_dotted(tree, key, yaml_value(value) if isinstance(value, str) else value)
+    if not texts:
+        return tree
+    def fails(dotted: str, failing: set[str]) -> bool:
+        return any(p == dotted or p.startswith(dotted + ".") for p in failing)
+
+    failing = _failing_paths(cls, tree)
+    retried = {}
+    for dotted, text in texts.items():
+        if fails(dotted, failing) and not isinstance(yaml_value(text), str):
+            retried[dotted] = yaml_value(text)
+            set_dotted(tree, dotted, text)  # refused as YAML: try the text as written (a string field)
+    still = _failing_paths(cls, tree) if retried else set()
+    for dotted, value in retried.items():
+        if fails(dotted, still):  # the text fails too: report the YAML value's error
+            set_dotted(tree, dotted, value)
+    return tree
+
+
+def _failing_paths(cls: type[BaseModel], tree: dict[str, Any]) -> set[str]:
     token = _VALIDATING.set(True)
     try:
-        return cls.model_validate(tree)
+        cls.model_validate(tree)
+        return set()
     except ValidationError as err:
-        retyped = False
-        for problem in err.errors(include_url=False):
-            dotted = ".".join(str(p) for p in _readable_path(problem["loc"], tree))
-            if problem["type"] == "string_type" and dotted in texts:
-                set_dotted(tree, dotted, texts[dotted])  # a string field: keep what was written
-                retyped = True
-        if not retyped:
-            raise ConfigError(describe_error(err, tree, cls, name)) from None
+        return {".".join(str(p) for p in _readable_path(problem["loc"], tree))
+                for problem in err.errors(include_url=False)}
     finally:
         _VALIDATING.reset(token)
-    return validate(cls, tree, name)
 
 
 def read_yaml_mapping(path: Any, what: str = "config") -> dict[str, Any]:

@@ -58,16 +58,18 @@ def test_analyze_with_tasks_adds_accuracy_rows_plots_and_metrics(tmp_path, monke
 
 
 def test_bad_analysis_settings_are_named(capsys):
-    with pytest.raises(ValueError, match="channels must be a non-empty list"):
+    with pytest.raises(ValueError, match="channels.0 must be one of 'erasure', .*, got 'fm-radio'"):
         AnalysisConfig(channels=["fm-radio"])
+    with pytest.raises(ValueError, match=r"channels must have at least 1 item\(s\), got \[\]"):
+        AnalysisConfig(channels=[])
     with pytest.raises(ValueError, match="rho"):
         AnalysisConfig(rho=[1.5])
-    with pytest.raises(ValueError, match=r"tasks must be a list from \['lambada', 'hellaswag'\]"):
+    with pytest.raises(ValueError, match=r"tasks.0 must be one of 'lambada' or 'hellaswag', got 'mmlu'"):
         AnalysisConfig(tasks=["mmlu"])
-    with pytest.raises(ValueError, match="task_items must be >= 1"):
+    with pytest.raises(ValueError, match="task_items must be greater than or equal to 1, got 0"):
         AnalysisConfig(tasks=["lambada"], task_items=0)
     with pytest.raises(SystemExit):
-        main(["analyze", "--model", "tiny-llama", "--set", "fading=sometimes", "--no-mlflow"])
+        main(["analyze", "--model", "tiny-llama", "--set", "channel_settings.fading=sometimes", "--no-mlflow"])
     assert "fading" in capsys.readouterr().err
 
 

@@ -13,13 +13,15 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from splitlab.channel import Channel, ChannelConfig, link_cost
+from splitlab.config import ConfigModel, Float, Int, NonNegativeInt, PositiveInt, Str
 from splitlab.llm.evaluation import TASKS
 
 # Named sweeps: which ChannelConfig they start from and which field they vary.
@@ -33,62 +35,54 @@ DEFAULT_RHO = (0.02, 0.05, 0.1, 0.2, 0.3)
 DEFAULT_SNR_DB = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 
 
-@dataclass
-class AnalysisConfig:
+class AnalysisConfig(ConfigModel):
     """What ``splitlab analyze`` computes."""
 
-    model: str = "smollm2"
+    model: Annotated[Str, Field(min_length=1)] = "smollm2"
     """Model spec: smollm2, tiny-llama, tiny-gpt2, or a local checkpoint."""
-    corpus: str = "wiki"
+    corpus: Literal["wiki", "lambada"] = "wiki"
     """Perplexity corpus: wiki or lambada."""
-    tokens: int = 1024
+    tokens: Annotated[Int, Field(ge=2)] = 1024
     """Tokens evaluated per point."""
-    window: int = 128
+    window: Annotated[Int, Field(ge=2)] = 128
     """Tokens per window."""
-    splits: list[int] | None = None
+    splits: list[NonNegativeInt] | None = None
     """Split points k; None = every k in 0..L."""
-    channels: list[str] = field(default_factory=lambda: ["erasure", "awgn", "awgn-per-channel", "digital"])
-    """Named sweeps, each one of SWEEPS."""
-    rho: list[float] = field(default_factory=lambda: list(DEFAULT_RHO))
+    channels: Annotated[list[Literal[tuple(SWEEPS)]], Field(min_length=1)] = \
+        ["erasure", "awgn", "awgn-per-channel", "digital"]
+    """Named sweeps: erasure, awgn, awgn-per-channel, digital."""
+    rho: Annotated[list[Annotated[Float, Field(ge=0.0, le=1.0)]], Field(min_length=1)] = list(DEFAULT_RHO)
     """Erasure probabilities for the erasure sweep."""
-    snr_db: list[float] = field(default_factory=lambda: list(DEFAULT_SNR_DB))
+    snr_db: Annotated[list[Float], Field(min_length=1)] = list(DEFAULT_SNR_DB)
     """Mean SNRs (dB) for the AWGN and digital sweeps."""
-    channel_settings: dict = field(default_factory=dict)
+    channel_settings: dict[str, Any] = Field(default_factory=dict)
     """ChannelConfig fields applied to every sweep (e.g. fading: rayleigh, quant: int8)."""
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[Literal[tuple(TASKS)]] = Field(default_factory=list)
     """Accuracy tasks measured at every point too: lambada, hellaswag (slow: one tail per item and point)."""
-    task_items: int = 50
+    task_items: PositiveInt = 50
     """Items per task (the first ones of the test / validation split)."""
-    seeds: int = 3
+    seeds: PositiveInt = 3
     """Noise seeds averaged per point."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Base seed."""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     """Windows per forward pass."""
-    out: str = "runs/analysis"
+    out: Annotated[Str, Field(min_length=1)] = "runs/analysis"
     """Output folder."""
-    tracking_uri: str | None = None
+    tracking_uri: Str | None = None
     """MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)."""
-    experiment: str = "splitlab-analysis"
+    experiment: Annotated[Str, Field(min_length=1)] = "splitlab-analysis"
     """MLflow experiment name."""
 
-    def __post_init__(self):
-        unknown = [c for c in self.channels if c not in SWEEPS]
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be a non-empty list from {sorted(SWEEPS)}, got {self.channels}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"tasks must be a list from {list(TASKS)}, got {self.tasks}")
-        if self.task_items < 1:
-            raise ValueError(f"task_items must be >= 1, got {self.task_items}")
-        for name, values in (("rho", self.rho), ("snr_db", self.snr_db)):
-            if not values:
-                raise ValueError(f"{name} must list at least one value")
-        for c in self.channels:  # validate every channel setting before any model loads
+    @model_validator(mode="after")
+    def _channels_valid(self) -> AnalysisConfig:
+        for c in self.channels:  # every channel setting validated before any model loads
             for value in self._values(c):
-                self.channel_config(c, value)
+                try:
+                    self.channel_config(c, value)
+                except ValueError as err:
+                    raise ValueError(f"channel_settings: {err}") from None
+        return self
 
     def _values(self, sweep: str) -> list[float]:
         return list(self.rho if SWEEPS[sweep][1] == "rho" else self.snr_db)
@@ -156,7 +150,7 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
             rows.append(row)
     return {"model": cfg.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
             "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits, "tasks": tasks,
-            "config": asdict(cfg), "wall_time_s": time.perf_counter() - start, "rows": rows}
+            "config": cfg.to_dict(), "wall_time_s": time.perf_counter() - start, "rows": rows}
 
 
 def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:

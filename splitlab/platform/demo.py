@@ -9,22 +9,24 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
+from pydantic import Field
+
+from splitlab.config import Bool, ConfigModel, Str
 
 
-@dataclass
-class DemoConfig:
+class DemoConfig(ConfigModel):
     """What `splitlab demo` runs."""
 
-    model: str = "smollm2"
+    model: Annotated[Str, Field(min_length=1)] = "smollm2"
     """Model spec (tests use tiny-llama)."""
-    quick: bool = False
+    quick: Bool = False
     """The same story at a smaller size (about 2 minutes on 2 cores, the full demo about 8)."""
-    out: str = "runs/demo"
+    out: Annotated[Str, Field(min_length=1)] = "runs/demo"
     """Output folder for tables and plots."""
-    tracking_uri: str | None = None
+    tracking_uri: Str | None = None
     """MLflow tracking URI (default sqlite:///mlflow.db in the working directory)."""
 
 

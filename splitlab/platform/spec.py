@@ -43,6 +43,7 @@ from splitlab.envs.config import SplitEnvSettings
 from splitlab.envs.multi_user import MultiUserCell
 from splitlab.envs.reward_specs import MeasuredSpec, RewardSpec, channel_param, parse_reward_spec
 from splitlab.mbrl.surrogate import SurrogateConfig
+from splitlab.platform.search_space import SweepSpec
 
 MODES = ("paper", "dyna", "model_free")
 """How rewards reach the agent: ``paper`` (surrogate fitted once on a measured grid), ``dyna``
@@ -300,6 +301,18 @@ class ExperimentSpec(ConfigModel):
     def env_config(self, reward_model: Any) -> dict[str, Any]:
         """The env's config mapping (``make_env`` / RLlib ``env_config``) with ``reward_model`` filled in."""
         return {**self.env.to_dict(), "reward_model": reward_model}
+
+
+class SweepFile(ExperimentSpec):
+    """A sweep spec: an experiment spec plus the ``sweep:`` section that ``splitlab sweep`` expands into trials."""
+
+    sweep: SweepSpec
+    """How the trials vary the spec (see ``splitlab.platform.search_space``)."""
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep(cls, raw: Any) -> Any:
+        return SweepSpec.from_dict(raw) if isinstance(raw, dict) and "name" not in raw else raw
 
 
 def read_spec_file(path: str | Path, what: str = "spec") -> dict:

@@ -84,15 +84,16 @@ def validate_experiment(spec: Mapping) -> Any:
 
 
 def load_plan(source: str | Path | Mapping, validate: Callable[[Mapping], Any] | None = validate_experiment,
-              name: str | None = None) -> SweepPlan:
+              name: str | None = None, where: str | None = None) -> SweepPlan:
     """Read and validate a sweep spec (a YAML path or a mapping) before anything starts.
 
     The experiment part is validated at every combination of the listed values and the range ends
     (``SweepSpec.representative_overrides``), so a grid value the spec would reject fails here, naming
     the sweep parameter, instead of as a failed trial an hour later.
     """
-    if isinstance(source, Mapping):
-        raw, where, stem = dict(source), "<dict>", "sweep"
+    if isinstance(source, Mapping):  # ``where``: the file it was read from, for messages and the default name
+        raw, stem = dict(source), Path(where).stem if where else "sweep"
+        where = where or "<dict>"
     else:
         path = Path(source)
         raw, where, stem = read_spec_file(path, "sweep spec"), str(path), path.stem
