@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -123,16 +122,3 @@ def check_rng(name: str, rng: Any) -> np.random.Generator:
             f"got {type(rng).__name__}"
         )
     return rng
-
-
-def dataclass_from_mapping(cls: type, raw: Any, name: str) -> Any:
-    """Build dataclass ``cls`` from a config mapping (None: defaults); unknown keys name the accepted ones."""
-    accepted = [f.name for f in fields(cls)]
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{name} must be a mapping of {accepted}, got {raw!r}")
-    unknown = sorted(set(raw) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown {name} keys {unknown}; accepted keys: {accepted}")
-    return cls(**dict(raw))
