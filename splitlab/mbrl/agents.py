@@ -66,7 +66,13 @@ def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "
 
 
 def build_algorithm(config: Any, logdir: str | Path) -> Any:
-    """``config.build_algo()`` with RLlib's own result folder under ``logdir`` (never ``~/ray_results``)."""
+    """``config.build_algo()`` with RLlib's own result folder under ``logdir`` (never ``~/ray_results``).
+
+    Ray 2.60 has no public option for this: ``AlgorithmConfig.debugging`` lost ``logger_creator`` and
+    ``logger_config``, and a standalone Trainable's only other route is Ray Train's internal
+    ``StorageContext``. So the one module constant ``Trainable._setup_logdir`` reads is set for the
+    duration of the build, here and nowhere else.
+    """
     import ray.tune.trainable.trainable as trainable
 
     Path(logdir).mkdir(parents=True, exist_ok=True)

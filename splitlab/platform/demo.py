@@ -124,7 +124,8 @@ def stage_truth(state: DemoState) -> None:
     from splitlab.mbrl.evaluators import EvaluationPool, measure_grid
     from splitlab.platform.spec import ExperimentSpec
     from splitlab.platform.tracking import use_tracking
-    from splitlab.platform.training import ensure_ray, value_range
+    from splitlab.platform.ray_runtime import ensure_ray
+    from splitlab.platform.training import value_range
 
     spec = ExperimentSpec.from_dict(_training_spec(state, "truth", "dyna", 1))
     low, high = value_range(spec)

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from splitlab.platform.dotted import set_dotted
+
 DOMAINS = ("grid_search", "choice", "uniform", "loguniform", "randint")
 """Accepted search-domain keys of a ``params`` entry."""
 BUILTIN_SEARCHERS = ("random", "variant_generator")
@@ -193,7 +195,7 @@ class SweepSpec:
         """Tune's ``param_space``: the params as nested dicts, swept ones as Tune domains."""
         out: dict = {}
         for path, value in self.params.items():
-            set_path(out, path, value.to_tune() if isinstance(value, Domain) else copy.deepcopy(value))
+            set_dotted(out, path, value.to_tune() if isinstance(value, Domain) else copy.deepcopy(value))
         return out
 
     def representative_overrides(self, limit: int = 64) -> list[dict]:
@@ -215,7 +217,7 @@ class SweepSpec:
         for combo in combos:
             nested: dict = {}
             for path, value in zip(paths, combo):
-                set_path(nested, path, copy.deepcopy(value))
+                set_dotted(nested, path, copy.deepcopy(value))
             out.append(nested)
         return out
 
@@ -297,18 +299,6 @@ def _check_paths(params: Mapping[str, Any]) -> None:
             raise ValueError(f"sweep.params keys {a!r} and {b!r} overlap: one sets the other's parent")
 
 
-def set_path(tree: dict, path: str, value: Any) -> None:
-    """``set_path(d, "env.w_l", 0.5)``: create the nested dicts on the way and set the leaf."""
-    *parents, leaf = path.split(".")
-    node = tree
-    for key in parents:
-        nxt = node.setdefault(key, {})
-        if not isinstance(nxt, dict):
-            raise ValueError(f"cannot set {path!r}: {key!r} holds {nxt!r}, not a mapping")
-        node = nxt
-    node[leaf] = value
-
-
 def apply_overrides(base: Mapping, overrides: Mapping) -> dict:
     """Deep-merge a trial's nested config over the base spec (mappings merge, everything else replaces)."""
     out = copy.deepcopy(dict(base))
@@ -317,16 +307,4 @@ def apply_overrides(base: Mapping, overrides: Mapping) -> dict:
             out[key] = apply_overrides(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    return out
-
-
-def flatten(tree: Mapping, prefix: str = "", sep: str = "/") -> dict[str, Any]:
-    """``{"env": {"w_l": 0.5}}`` -> ``{"env/w_l": 0.5}``: the names MLflow shows for a trial's params."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
     return out

@@ -47,6 +47,7 @@ import yaml
 import splitlab.mbrl.rllib_env  # noqa: F401  (registers the reward kinds surrogate and counted)
 from splitlab.channel.validation import dataclass_from_mapping
 from splitlab.mbrl.surrogate import SurrogateConfig
+from splitlab.platform.dotted import set_dotted
 
 MODES = ("paper", "dyna", "model_free")
 """How rewards reach the agent: ``paper`` (surrogate fitted once on a measured grid), ``dyna``
@@ -491,17 +492,3 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> E
         return ExperimentSpec.from_dict(raw)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    """``set_dotted(d, "algorithm.lr", 1e-3)`` sets ``d["algorithm"]["lr"]``, creating mappings on the way."""
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = node[key] = {}
-        if not isinstance(nxt, dict):
-            raise ValueError(f"cannot set {dotted!r}: {key!r} holds {nxt!r}, not a mapping")
-        node = nxt
-    node[keys[-1]] = value

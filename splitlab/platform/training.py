@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import shutil
 import time
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from splitlab.platform.ray_runtime import ensure_ray
 from splitlab.platform.spec import ExperimentSpec
 
 STATE_FILE = "state.json"
@@ -67,21 +67,6 @@ class TrainResult:
     """MLflow run id (None when tracking is off)."""
     files: dict[str, str] = field(default_factory=dict)
     """Output files by role: k_plot, learning_curve, surrogate, policy, results."""
-
-
-# ----------------------------------------------------------------------------------- ray
-def ensure_ray(num_cpus: int | None = None) -> bool:
-    """Start an embedded local Ray on 127.0.0.1 unless one is up (or $RAY_ADDRESS names one); True if started."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return True
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
-    return True
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -271,6 +256,7 @@ class TrainingRun:
         """Measure ``paper.ks`` x ``paper.values`` with the pool; write grid.json in analyze's format."""
         from splitlab.envs.quality_grid import QualityGrid
         from splitlab.envs.reward_models import GridRewardModel
+        from splitlab.envs.rewards import paper_k_max
         from splitlab.mbrl.evaluators import measure_grid
 
         spec, pool = self.spec, self._pool()
@@ -280,7 +266,7 @@ class TrainingRun:
         else:
             ks = list(spec.env.get("candidate_ks") or ref["ks"])
             if spec.env.get("preset") == "paper":
-                k_max = spec.env.get("k_max") or max(1, round(10 / 32 * ref["num_layers"]))
+                k_max = paper_k_max(ref["num_layers"], spec.env.get("k_max"))
                 ks = list(range(1, k_max + 1))
         values = list(spec.paper.values) if spec.paper.values else list(np.linspace(*value_range(spec), 6))
         self._say(f"measuring the grid: {len(ks)} splits x {len(values)} channel values on the real model")
