@@ -131,7 +131,8 @@ def main() -> None:
 
     from splitlab.platform.spec import load_spec
     from splitlab.platform.ray_runtime import ensure_ray
-    from splitlab.platform.training import run_training, value_range
+    from splitlab.platform.run_env import value_range
+    from splitlab.platform.training import run_training
 
     t_start = time.perf_counter()
     work = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="splitlab-bench-mbrl-"))

@@ -109,7 +109,7 @@ def main() -> None:
     from splitlab.mbrl.dyna import DynaLoop
     from splitlab.mbrl.surrogate import SurrogateEnsemble
     from splitlab.platform.spec import load_spec
-    from splitlab.platform.training import _decision_model, channel_sample, value_range
+    from splitlab.platform.run_env import channel_sample, decision_model, value_range
 
     if not TRUTH.exists():
         raise SystemExit(f"{TRUTH.relative_to(ROOT)} is missing: run benchmarks/mbrl_efficiency.py first")
@@ -136,7 +136,7 @@ def main() -> None:
         d = spec.dyna
         pool = GridPool(truth)
         loop = DynaLoop(surrogate(seed, **config), pool, ks, (low, high), d.initial_evals, d.evals_per_iter,
-                        args.budget, seed=seed, decision=_decision_model(env) if decisive else None,
+                        args.budget, seed=seed, decision=decision_model(env) if decisive else None,
                         channel_sample=channel_sample(spec))
         loop.initial_design()
         visitor = SplitEnv({**env_config, "reward_model": truth})

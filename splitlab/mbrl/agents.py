@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 
-def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "split",
-                     callbacks: type | None = None) -> Any:
+def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "split") -> Any:
     """A PPOConfig / DQNConfig for ``algo`` (an ``AlgorithmSpec``) on the registered env ``env_kind``.
 
     Learning happens in the driver (one local learner); sampling on ``algo.num_env_runners`` actors
@@ -60,8 +59,6 @@ def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "
         from splitlab.envs.multi_user import SHARED_MODULE_ID, shared_policy_mapping_fn
 
         config = config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=shared_policy_mapping_fn)
-    if callbacks is not None:
-        config = config.callbacks(callbacks)
     return config
 
 

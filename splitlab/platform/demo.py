@@ -125,7 +125,7 @@ def stage_truth(state: DemoState) -> None:
     from splitlab.platform.spec import ExperimentSpec
     from splitlab.platform.tracking import use_tracking
     from splitlab.platform.ray_runtime import ensure_ray
-    from splitlab.platform.training import value_range
+    from splitlab.platform.run_env import value_range
 
     spec = ExperimentSpec.from_dict(_training_spec(state, "truth", "dyna", 1))
     low, high = value_range(spec)
