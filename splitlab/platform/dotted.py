@@ -36,12 +36,13 @@ def flatten(tree: Mapping, prefix: str = "", sep: str = ".") -> dict[str, Any]:
     return out
 
 
-_MISSING = "<unset>"
+UNSET = "<unset>"
+"""What :func:`changed_paths` shows for a leaf one side lacks."""
 
 
 def changed_paths(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     """Leaves that differ between two nested mappings: ``[(dotted path, old value, new value)]``, sorted;
     a leaf present on one side only shows ``"<unset>"`` on the other."""
     a, b = flatten(old), flatten(new)
-    return [(key, a.get(key, _MISSING), b.get(key, _MISSING)) for key in sorted(set(a) | set(b))
-            if a.get(key, _MISSING) != b.get(key, _MISSING)]
+    return [(key, a.get(key, UNSET), b.get(key, UNSET)) for key in sorted(set(a) | set(b))
+            if a.get(key, UNSET) != b.get(key, UNSET)]

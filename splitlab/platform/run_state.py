@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from splitlab.platform.dotted import changed_paths
+from splitlab.platform.dotted import UNSET, changed_paths
 from splitlab.platform.spec import ExperimentSpec
 
 STATE_FILE = "state.json"
@@ -91,6 +91,7 @@ class RunState:
         return path if path.is_dir() else None
 
     def save(self, run_dir: Path) -> None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_json(Path(run_dir) / STATE_FILE, dataclasses.asdict(self))
 
     @classmethod
@@ -115,10 +116,14 @@ def clear_outputs(run_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _show(value: Any) -> str:
+    return UNSET if value is UNSET else repr(value)
+
+
 def describe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 12) -> str:
     """``"algorithm.iterations: 3 -> 5, env.w_l: 0.5 -> 0.2"`` (the first ``limit`` changed keys)."""
     changes = changed_paths(old, new)
-    text = ", ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changes[:limit])
+    text = ", ".join(f"{key}: {_show(a)} -> {_show(b)}" for key, a, b in changes[:limit])
     return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
