@@ -17,8 +17,9 @@ from splitlab.platform.run_state import STATE_FILE, RunState, SpecChanged, open_
 from splitlab.platform.spec import ExperimentSpec
 
 KS = [0, 6, 12, 18, 24, 30]
-TINY_ALGO = {"iterations": 2, "num_env_runners": 1, "envs_per_env_runner": 2, "train_batch_size": 200,
-             "minibatch_size": 100, "num_epochs": 1, "hidden": [16, 16], "env_runner_cpus": 0.25}
+TINY_ALGO = {"iterations": 2, "num_env_runners": 0,  # sampling in this process: no actor start-up
+             "envs_per_env_runner": 2, "train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1,
+             "hidden": [16, 16], "env_runner_cpus": 0.25}
 PAPER_GRID = {"grid": {"kind": "synthetic", "channel": "awgn"}}
 
 
@@ -145,7 +146,8 @@ def test_model_free_resume_carries_the_real_evaluation_counters(ray_local, tmp_p
     from splitlab.platform.training import run_training
 
     counted = {"kind": "counted", "inner": {"kind": "synthetic", "channel": "awgn"}, "decimals": 0}
-    s = spec(tmp_path, mode="model_free", quality=counted)
+    # one remote runner: its process (and the counts in it) ends with the interrupted run, as a killed one's would
+    s = spec(tmp_path, mode="model_free", quality=counted, algorithm={"num_env_runners": 1})
     with pytest.raises(Interrupt):
         run_training(s, report=stop_after(1), log=None)
     state = json.loads((s.run_dir / STATE_FILE).read_text())
