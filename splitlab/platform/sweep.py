@@ -6,7 +6,7 @@ the search space on an embedded local Ray (or a cluster with ``--address``). Eac
 training run of the split-policy agent (``splitlab.platform.training``) on the base spec with the
 trial's values merged in.
 
-Tracking: :class:`SweepMLflowCallback` (an ``MLflowLoggerCallback``) runs on the driver and gives
+Tracking: :class:`SweepMLflowCallback` (a Tune ``LoggerCallback`` on ``MlflowClient``) runs on the driver and gives
 every trial one MLflow run: the swept values as params (``env/w_l``), the trial's namespaced metrics
 per iteration (``policy/return``, ``mbrl/real_evals``, ...), tags ``splitlab.sweep`` (the sweep name)
 and ``splitlab.sweep_id`` shared by all trials of the sweep, and at the end the trial's artifacts

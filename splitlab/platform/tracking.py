@@ -1,4 +1,5 @@
-"""MLflow tracking defaults shared by every splitlab run.
+"""MLflow tracking shared by every splitlab run: the store, the tags, and :class:`RunTracker`, the MLflow
+run of one ``splitlab train`` run.
 
 The default store is SQLite in the working directory (MLflow 3.17 refuses the old file store);
 ``$MLFLOW_TRACKING_URI`` or an explicit ``--tracking-uri`` points runs at a server instead.
