@@ -75,6 +75,8 @@ class RunTracker:
         import mlflow
 
         use_tracking(self.uri, self.experiment)
+        if run_id and not _has_run(run_id):
+            run_id = None  # the run logged to another store before (tracking is not part of the spec's hash)
         if run_id:
             mlflow.start_run(run_id=run_id)
         else:
@@ -115,3 +117,15 @@ class RunTracker:
 
         if mlflow.active_run() is not None:
             mlflow.end_run(status="FINISHED" if finished else "KILLED")
+
+
+def _has_run(run_id: str) -> bool:
+    """Whether the current tracking store holds ``run_id``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
