@@ -65,7 +65,7 @@ def in_process(config: dict, seconds: float) -> float:
     return env_steps / wall, agent_steps / wall
 
 
-def through_rllib(config: dict, steps_per_runner: int, rounds: int) -> dict:
+def through_rllib(config: dict, steps_per_runner: int, rounds: int, logdir: str) -> dict:
     """Env steps per second sampled through RLlib env runners (PPO's default module), 1 runner vs 2.
 
     One algorithm with 2 remote runners; each round samples ``steps_per_runner`` on runner 1 alone,
@@ -85,7 +85,9 @@ def through_rllib(config: dict, steps_per_runner: int, rounds: int) -> dict:
                    .debugging(seed=0))
     if name == "multi_user":
         algo_config = algo_config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=shared_policy_mapping_fn)
-    algo = algo_config.build_algo()
+    from splitlab.mbrl.agents import build_algorithm
+
+    algo = build_algorithm(algo_config, logdir)
     group = algo.env_runner_group
 
     def sample(runner, n=steps_per_runner):
@@ -134,16 +136,15 @@ def main() -> None:
         print(f"in process  {name:14s} {env_rate:9.0f} env steps/s  {agent_rate:9.0f} agent steps/s")
 
     import ray
-    import ray.tune.trainable.trainable as trainable
 
-    scratch = tempfile.mkdtemp(prefix="env_throughput-")
-    trainable.DEFAULT_STORAGE_PATH = scratch  # standalone algorithms write here, not under ~/ray_results
-    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    from splitlab.platform.ray_runtime import ensure_ray
+
+    scratch = tempfile.mkdtemp(prefix="env_throughput-")  # RLlib's result folders, not ~/ray_results
+    ensure_ray(2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, quiet=False)
     try:
         for name, config, steps in (("wireless", WIRELESS, args.rllib_steps),
                                     ("multi_user_16", MULTI16, max(10, args.rllib_steps // 10))):
-            results["rllib"][name] = r = through_rllib(config, steps, args.rounds)
+            results["rllib"][name] = r = through_rllib(config, steps, args.rounds, scratch)
             print(f"rllib       {name:14s} 1 runner {r['runners_1']['env_steps_per_s']:7.0f}  2 runners "
                   f"{r['runners_2']['env_steps_per_s']:7.0f} env steps/s  ratio {r['ratio_2_to_1']:.2f}")
     finally:

@@ -91,8 +91,9 @@ def throughput(surrogate_path: Path, spec, steps: int, logdir: Path, repeats: in
     from splitlab.platform.spec import AlgorithmSpec
 
     algo_spec = AlgorithmSpec(**{**spec.to_dict()["algorithm"], "num_env_runners": 2})
-    env = {k: v for k, v in spec.env.items() if k != "env"}
-    env["reward_model"] = {"kind": "surrogate", "path": str(surrogate_path)}
+    from splitlab.platform.run_env import env_config
+
+    env = env_config(spec, {"kind": "surrogate", "path": str(surrogate_path)})
     algo = build_algorithm(algorithm_config(algo_spec, env), logdir)
     try:
         group = algo.env_runner_group
@@ -130,7 +131,9 @@ def main() -> None:
     import ray
 
     from splitlab.platform.spec import load_spec
-    from splitlab.platform.training import ensure_ray, run_training, value_range
+    from splitlab.platform.ray_runtime import ensure_ray
+    from splitlab.platform.run_env import value_range
+    from splitlab.platform.training import run_training
 
     t_start = time.perf_counter()
     work = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="splitlab-bench-mbrl-"))

@@ -109,16 +109,15 @@ def main() -> None:
     from splitlab.mbrl.dyna import DynaLoop
     from splitlab.mbrl.surrogate import SurrogateEnsemble
     from splitlab.platform.spec import load_spec
-    from splitlab.platform.training import _decision_model, channel_sample, value_range
+    from splitlab.platform.run_env import channel_sample, decision_model, env_config, value_range
 
     if not TRUTH.exists():
         raise SystemExit(f"{TRUTH.relative_to(ROOT)} is missing: run benchmarks/mbrl_efficiency.py first")
     start = time.perf_counter()
     saved = json.loads(TRUTH.read_text())
     spec = load_spec(ROOT / "tune_configs" / "dyna.yaml")
-    env_config = {k: v for k, v in spec.env.items() if k != "env"}
     truth = make_reward_model({"kind": "grid", "grid": saved["grid"], "channel": "awgn"})
-    env = SplitEnv({**env_config, "reward_model": truth})
+    env = SplitEnv(env_config(spec, truth))
     ks = list(env.candidate_ks)
     low, high = value_range(spec)
     traces = held_out_traces(env.config, 20)
@@ -136,7 +135,7 @@ def main() -> None:
         d = spec.dyna
         pool = GridPool(truth)
         loop = DynaLoop(surrogate(seed, **config), pool, ks, (low, high), d.initial_evals, d.evals_per_iter,
-                        args.budget, seed=seed, decision=_decision_model(env) if decisive else None,
+                        args.budget, seed=seed, decision=decision_model(env) if decisive else None,
                         channel_sample=channel_sample(spec))
         loop.initial_design()
         visitor = SplitEnv({**env_config, "reward_model": truth})

@@ -142,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings.append(("tracking.enabled", False))
     if args.out:
         settings.append(("out", args.out))
+    if args.name:
+        settings.append(("name", args.name))
     spec = load_spec(args.spec, settings)  # validated before Ray starts
     if args.print_config:
         return _print_config(spec)
@@ -365,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="This trains the split policy of a spec in tune_configs/ with RLlib: mode paper fits the reward "
                     "surrogate on a measured grid and trains PPO on it; mode dyna refreshes the surrogate from a "
                     "budget of real LLM evaluations after every iteration; mode model_free rewards every step with "
-                    "the real quality. It checkpoints as it goes and a rerun resumes an interrupted run. "
+                    "the real quality. It checkpoints as it goes and a rerun of the same spec resumes an interrupted "
+                    "run; a changed spec is refused (exit 2, naming the changed keys) unless --restart or --name. "
                     "How to run: splitlab train tune_configs/dyna.yaml [--set algorithm.iterations=5]. "
                     "Results to expect: per-iteration progress lines, then a table of held-out returns (policy, "
                     "every fixed k, random, oracle; 'vs oracle' is 0 at random and 1 at the oracle), the real LLM "
@@ -376,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train, "a spec field by its dotted path, e.g. --set algorithm.iterations=5 "
                              "--set env.candidate_ks=[0,3,6]")
     train.add_argument("--out", default=None, help="parent folder of the run folder (default: the spec's out)")
-    train.add_argument("--restart", action="store_true", help="start over instead of resuming from a checkpoint")
+    train.add_argument("--name", default=None, help="run name, the run folder out/NAME (default: the spec's name)")
+    train.add_argument("--restart", action="store_true",
+                       help="start over in the run folder (its outputs deleted) instead of resuming; needed when "
+                            "the folder holds a run of another spec, which is otherwise refused with exit status 2")
     train.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     train.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     train.set_defaults(func=cmd_train)

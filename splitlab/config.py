@@ -21,6 +21,8 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from splitlab.dotted import set_dotted
+
 Int = Annotated[int, Strict()]
 """An integer; ``true`` and ``1.5`` are refused."""
 Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -230,30 +232,6 @@ def parse_setting(text: str) -> tuple[str, str]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ValueError(f"expected KEY=VALUE with a dotted key like algorithm.lr=0.001, got {text!r}")
     return key, value.strip()
-
-
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    """``set_dotted(d, "algorithm.lr", 1e-3)`` sets ``d["algorithm"]["lr"]``, creating mappings on the way."""
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = node[key] = {}
-        if not isinstance(nxt, dict):
-            raise ValueError(f"cannot set {dotted!r}: {key!r} holds {nxt!r}, not a mapping")
-        node = nxt
-    node[keys[-1]] = value
-
-
-def get_dotted(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    """``get_dotted(d, "algorithm.lr")`` reads ``d["algorithm"]["lr"]``; ``default`` where a key is missing."""
-    node: Any = tree
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            return default
-        node = node[key]
-    return node
 
 
 def apply_settings(cls: type[M], data: Mapping[str, Any] | None, settings: Iterable[tuple[str, Any]] | Mapping[str, Any],

@@ -100,21 +100,20 @@ def test_bad_configs_fail_naming_the_field(change, message):
         MultiUserSplitEnv({**CHURN, **change})
 
 
-def test_ppo_trains_two_iterations_with_one_shared_module(tmp_path, monkeypatch):
+def test_ppo_trains_two_iterations_with_one_shared_module(tmp_path):
     import ray
-    import ray.tune.trainable.trainable as trainable
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     from splitlab.envs import register_envs
+    from splitlab.mbrl.agents import build_algorithm
+    from splitlab.platform.ray_runtime import ensure_ray
 
     import torch
 
-    monkeypatch.setattr(trainable, "DEFAULT_STORAGE_PATH", str(tmp_path))  # not ~/ray_results
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the learner runs in this process; 2 shared cores
-    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ensure_ray(2)
     try:
         env_id = register_envs()["multi_user"]
         config = (PPOConfig()
@@ -124,7 +123,7 @@ def test_ppo_trains_two_iterations_with_one_shared_module(tmp_path, monkeypatch)
                   .training(train_batch_size_per_learner=64, minibatch_size=32, num_epochs=1)
                   .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[16]))
                   .debugging(seed=0))
-        algo = config.build_algo()
+        algo = build_algorithm(config, tmp_path)  # RLlib's result folder there, not ~/ray_results
         try:
             for _ in range(2):
                 result = algo.train()

@@ -22,7 +22,7 @@ SMALL_ALGO = {"iterations": 3, "num_env_runners": 1, "envs_per_env_runner": 4, "
 def ray_local():
     import ray
 
-    from splitlab.platform.training import ensure_ray
+    from splitlab.platform.ray_runtime import ensure_ray
 
     ensure_ray(2)
     yield ray

@@ -52,8 +52,9 @@ def _spec(tmp: Path, name: str) -> dict:
 def local_ray():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}, log_to_driver=False)
+    from splitlab.platform.ray_runtime import LOCAL, ensure_ray
+
+    ensure_ray(2, address=LOCAL, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     yield
     ray.shutdown()
 
@@ -126,8 +127,8 @@ _KILLED_SWEEP = textwrap.dedent("""
     cloudpickle.register_pickle_by_value(test_sweep_run)
     import ray
     from splitlab.platform.sweep import load_plan, run_sweep
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={{"env_vars": {{"RAY_CHDIR_TO_TRIAL_DIR": "0"}}}})
+    from splitlab.platform.ray_runtime import LOCAL, ensure_ray
+    ensure_ray(2, address=LOCAL, runtime_env={{"env_vars": {{"RAY_CHDIR_TO_TRIAL_DIR": "0"}}}}, quiet=False)
     Path({session_file!r}).write_text(ray._private.worker.global_worker.node.session_name)
     plan = load_plan({spec!r}, validate=None)
     run_sweep(plan, trial_fn=test_sweep_run.counting_trial, tracking_uri={uri!r}, num_cpus=2, verbose=0)

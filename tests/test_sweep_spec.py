@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitlab.platform.search_space import Domain, SweepSpec, apply_overrides, flatten, parse_domain
+from splitlab.dotted import flatten
+from splitlab.platform.search_space import Domain, SweepSpec, apply_overrides, parse_domain
 from splitlab.platform.sweep import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_overrides_merge_deep_and_flatten_for_mlflow():
     merged = apply_overrides(base, {"env": {"dynamics": {"mean_db": 0}}})
     assert merged["env"]["dynamics"] == {"kind": "gauss_markov", "mean_db": 0}
     assert merged["env"]["w_q"] == 1.0 and base["env"]["dynamics"]["mean_db"] == 15
-    assert flatten({"env": {"dynamics": {"mean_db": 0}}, "a": 1}) == {"env/dynamics/mean_db": 0, "a": 1}
+    assert flatten({"env": {"dynamics": {"mean_db": 0}}, "a": 1}, sep="/") == {"env/dynamics/mean_db": 0, "a": 1}
 
 
 @pytest.mark.parametrize("raw, message", [

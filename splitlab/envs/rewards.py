@@ -32,6 +32,12 @@ class RewardTerms:
                 f"{prefix}latency": float(self.latency), f"{prefix}total": float(self.total)}
 
 
+def paper_k_max(num_layers: int, k_max: int | None = None) -> int:
+    """K_max, the deepest split the paper's reward allows: ``k_max`` when given, else the paper's 10 of 32
+    layers scaled to the model's depth, ``round(10 / 32 * L)`` (at least 1)."""
+    return int(k_max) if k_max is not None else max(1, round(10 / 32 * num_layers))
+
+
 def paper_reward(ppl, ppl_ref: float, k, k_max: int, alpha: float = 10.0, beta: float = 1.0) -> RewardTerms:
     """The paper's reward ``alpha * (PPL_ref - PPL_k) / PPL_ref + beta * (K_max - k) / K_max``.
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from splitlab.envs.config import EPISODE_LEN, SplitEnvConfig
 from splitlab.envs.reward_models import check_reward_model, make_reward_model
-from splitlab.envs.rewards import RewardTerms, paper_reward
+from splitlab.envs.rewards import RewardTerms, paper_k_max, paper_reward
 from splitlab.envs.wireless import FEATURE_HIGH, FEATURE_LOW, UserState, WirelessModel
 
 
@@ -100,7 +100,7 @@ class SplitEnv(gym.Env):
     # == paper preset ==============================================================================
     def _init_paper(self) -> None:
         cfg = self.config
-        self.k_max = cfg.k_max if cfg.k_max is not None else max(1, round(10 / 32 * self.num_layers))
+        self.k_max = paper_k_max(self.num_layers, cfg.k_max)
         if self.k_max > self.num_layers:
             raise ValueError(f"k_max must be at most the model's {self.num_layers} layers, got {self.k_max}")
         low, high = cfg.initial_k_range or (max(1, round(0.3 * self.k_max)), max(1, round(0.6 * self.k_max)))

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 
-def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "split",
-                     callbacks: type | None = None) -> Any:
+def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "split") -> Any:
     """A PPOConfig / DQNConfig for ``algo`` (an ``AlgorithmSpec``) on the registered env ``env_kind``.
 
     Learning happens in the driver (one local learner); sampling on ``algo.num_env_runners`` actors
@@ -60,13 +59,17 @@ def algorithm_config(algo: Any, env_config: Mapping[str, Any], env_kind: str = "
         from splitlab.envs.multi_user import SHARED_MODULE_ID, shared_policy_mapping_fn
 
         config = config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=shared_policy_mapping_fn)
-    if callbacks is not None:
-        config = config.callbacks(callbacks)
     return config
 
 
 def build_algorithm(config: Any, logdir: str | Path) -> Any:
-    """``config.build_algo()`` with RLlib's own result folder under ``logdir`` (never ``~/ray_results``)."""
+    """``config.build_algo()`` with RLlib's own result folder under ``logdir`` (never ``~/ray_results``).
+
+    Ray 2.60 has no public option for this: ``AlgorithmConfig.debugging`` lost ``logger_creator`` and
+    ``logger_config``, and a standalone Trainable's only other route is Ray Train's internal
+    ``StorageContext``. So the one module constant ``Trainable._setup_logdir`` reads is set for the
+    duration of the build, here and nowhere else.
+    """
     import ray.tune.trainable.trainable as trainable
 
     Path(logdir).mkdir(parents=True, exist_ok=True)

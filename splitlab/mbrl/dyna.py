@@ -1,7 +1,7 @@
 """Dyna mode: PPO learns on surrogate rewards; after every iteration the surrogate is refreshed.
 
-After each training iteration :class:`DynaCallback` (an RLlib callback) hands the algorithm to the
-run's :class:`DynaLoop`, which
+After each training iteration the training loop (``splitlab.platform.modes.DynaMode``) hands the
+algorithm to the run's :class:`DynaLoop` (:meth:`DynaLoop.after_iteration`), which
 
 1. reads from every env runner the (k, channel value) pairs the policy visited (:func:`drain_visits`),
 2. scores them with the ensemble and keeps, inside the design range and not yet measured, half where
@@ -23,16 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from ray.rllib.callbacks.callbacks import RLlibCallback
-
 from splitlab.mbrl.evaluators import EvaluationPool
 from splitlab.mbrl.surrogate import FitReport, SurrogateEnsemble
-
-LOOPS: dict[str, DynaLoop] = {}
-"""Dyna loops of this process by key; the callback finds its loop through ``env_config["_mbrl"]``."""
-MBRL_KEY = "_mbrl"
-"""env_config entry naming the Dyna loop (stripped before the env is built)."""
-
 
 def channel_lattice(ks: Sequence[int], quantile: Callable[[np.ndarray], np.ndarray], n: int,
                     rng: np.random.Generator) -> list[tuple[int, float]]:
@@ -247,7 +239,7 @@ class DynaLoop:
                 "mbrl/surrogate_points": float(len(self.data_ppl))}
 
     def after_iteration(self, algorithm: Any) -> dict[str, float]:
-        """What the callback runs: visits from every env runner -> update -> broadcast the weights."""
+        """After one ``algorithm.train()``: visits from every env runner -> update -> broadcast the weights."""
         remote = algorithm.env_runner_group.num_remote_env_runners() > 0
         visits = algorithm.env_runner_group.foreach_env_runner(
             _drain, kwargs=None, local_env_runner=not remote) if self.remaining else []
@@ -267,7 +259,8 @@ class DynaLoop:
     def set_state(self, state: Mapping[str, Any]) -> None:
         self.surrogate.set_state(state["surrogate"])
         self.pool.set_state(state["pool"])
-        self.data_k, self.data_v, self.data_ppl = (list(x) for x in state["data"])
+        ks, vs, ppl = state["data"]
+        self.data_k, self.data_v, self.data_ppl = [int(k) for k in ks], [float(v) for v in vs], [float(p) for p in ppl]
         self.iterations = int(state["iterations"])
         self.history = list(state["history"])
         self.last = dict(state["last"])
@@ -290,18 +283,3 @@ def broadcast(algorithm: Any, surrogate: SurrogateEnsemble) -> list[list[str]]:
         return set_surrogate_state(state)
 
     return algorithm.env_runner_group.foreach_env_runner(apply, local_env_runner=True)
-
-
-class DynaCallback(RLlibCallback):
-    """After each ``Algorithm.train()``: refresh the surrogate of the run's :class:`DynaLoop`.
-
-    The loop is found by the key in ``env_config["_mbrl"]["loop"]`` among this process's
-    :data:`LOOPS`; its metrics go into the result under ``splitlab``.
-    """
-
-    def on_train_result(self, *, algorithm: Any, metrics_logger: Any = None, result: dict, **kwargs: Any) -> None:
-        key = (algorithm.config.env_config.get(MBRL_KEY) or {}).get("loop")
-        loop = LOOPS.get(key)
-        if loop is None:
-            return
-        result.setdefault("splitlab", {}).update(loop.after_iteration(algorithm))

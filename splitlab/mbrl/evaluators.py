@@ -111,7 +111,7 @@ class EvaluationPool:
         check_int("evaluators", n_actors, 1, 64)
         check_range("evaluator_cpus", num_cpus, 0.0, 64.0)
         check_int("evaluator_threads", threads, 1, 64)
-        self.reward_spec = dict(reward_spec)
+        self.reward_spec = reward_spec.to_dict() if hasattr(reward_spec, "to_dict") else dict(reward_spec)
         self.decimals = int(self.reward_spec.get("decimals", 1)) if self.reward_spec.get("kind") == "live" else None
         self.owns_actors = actors is None
         if actors is None:

@@ -17,8 +17,8 @@ from splitlab.mbrl.surrogate import SurrogateEnsemble
 
 ENV_IDS = {"split": "splitlab-mbrl-split", "multi_user": "splitlab-mbrl-multi-user"}
 """``env`` kind -> the name :func:`register_mbrl_envs` registers with RLlib."""
-RESERVED_KEYS = ("num_envs", "_mbrl")
-"""env_config keys the envs do not take: RLlib's vector size and the Dyna loop's key."""
+RESERVED_KEYS = ("num_envs",)
+"""env_config keys the envs do not take: RLlib's vector size."""
 
 _SHARED: dict[str, RewardModel] = {}
 """This process's reward models by spec (one per distinct spec)."""

@@ -169,10 +169,10 @@ def task_items(task: str) -> tuple:
 def summarise(grid: dict) -> list[dict]:
     """Per (channel, value): the most robust k, its perplexity, and the paper reward's best k."""
     from splitlab.envs.quality_grid import QualityGrid
-    from splitlab.envs.rewards import paper_reward
+    from splitlab.envs.rewards import paper_k_max, paper_reward
 
     out = []
-    k_max = max(1, round(10 / 32 * grid["num_layers"]))  # the paper's K_max = 10 for 32 layers
+    k_max = paper_k_max(grid["num_layers"])
     for sweep in dict.fromkeys(r["channel"] for r in grid["rows"]):
         g = QualityGrid.from_dict(grid, sweep)
         allowed = (g.ks >= 1) & (g.ks <= k_max)

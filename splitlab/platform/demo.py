@@ -126,12 +126,13 @@ def stage_truth(state: DemoState) -> None:
     from splitlab.mbrl.evaluators import EvaluationPool, measure_grid
     from splitlab.platform.spec import ExperimentSpec
     from splitlab.platform.tracking import use_tracking
-    from splitlab.platform.training import ensure_ray, value_range
+    from splitlab.platform.ray_runtime import ensure_ray
+    from splitlab.platform.run_env import value_range
 
     spec = ExperimentSpec.from_dict(_training_spec(state, "truth", "dyna", 1))
     low, high = value_range(spec)
     values = [float(v) for v in np.arange(2 * np.floor(low / 2), 2 * np.ceil(high / 2) + 1, 2.0)]
-    ks = spec.env["candidate_ks"]
+    ks = list(spec.env.candidate_ks)
     started_ray = ensure_ray()
     start = time.perf_counter()
     try:
@@ -150,7 +151,7 @@ def stage_truth(state: DemoState) -> None:
     use_tracking(state.cfg.tracking_uri, "splitlab-demo")
     with mlflow.start_run(run_name="demo-truth"):
         mlflow.set_tag("splitlab.kind", "truth")
-        mlflow.log_params({"model": state.cfg.model, "ks": ks, "snr_db": values, "n_tokens": spec.quality["n_tokens"]})
+        mlflow.log_params({"model": state.cfg.model, "ks": ks, "snr_db": values, "n_tokens": spec.quality.n_tokens})
         mlflow.log_metrics({"truth/points": len(grid["rows"]), "truth/eval_s": seconds,
                             "quality/ppl_clean": grid["ppl_clean"]})
         mlflow.log_artifact(str(folder / "grid.json"))

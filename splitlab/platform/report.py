@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from splitlab.platform.sweep import TAG_SWEEP, TAG_SWEEP_ID
+from splitlab.platform.tracking import TAG_SWEEP, TAG_SWEEP_ID
 
 METHOD_SECTIONS = ("algorithm", "surrogate", "mbrl", "training", "train", "dyna", "ppo", "dqn", "seed", "mode")
 """Top-level spec sections whose swept params describe the method, not the network condition."""

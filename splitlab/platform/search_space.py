@@ -34,7 +34,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from splitlab.config import ConfigModel, Float, PositiveInt, Str, set_dotted, validate
+from splitlab.config import ConfigModel, Float, PositiveInt, Str, validate
+
+from splitlab.dotted import set_dotted
 
 DOMAINS = ("grid_search", "choice", "uniform", "loguniform", "randint")
 """Accepted search-domain keys of a ``params`` entry."""
@@ -284,16 +286,4 @@ def apply_overrides(base: Mapping, overrides: Mapping) -> dict:
             out[key] = apply_overrides(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    return out
-
-
-def flatten(tree: Mapping, prefix: str = "", sep: str = "/") -> dict[str, Any]:
-    """``{"env": {"w_l": 0.5}}`` -> ``{"env/w_l": 0.5}``: the names MLflow shows for a trial's params."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
     return out

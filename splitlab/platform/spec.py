@@ -298,10 +298,6 @@ class ExperimentSpec(ConfigModel):
             raise ValueError(f"a spec must be a mapping of sections, got {type(raw).__name__}")
         return super().from_dict(raw, name)
 
-    def env_config(self, reward_model: Any) -> dict[str, Any]:
-        """The env's config mapping (``make_env`` / RLlib ``env_config``) with ``reward_model`` filled in."""
-        return {**self.env.to_dict(), "reward_model": reward_model}
-
 
 class SweepFile(ExperimentSpec):
     """A sweep spec: an experiment spec plus the ``sweep:`` section that ``splitlab sweep`` expands into trials."""

@@ -146,7 +146,7 @@ def submit(spec: str | Path, address: str, *, wait: bool = True, tracking_uri: s
         root, spec_path = stage, stage / STAGED_SPEC_DIR / spec_path.name
     uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:") and experiment:
-        from splitlab.platform.sweep import ensure_experiment
+        from splitlab.platform.tracking import ensure_experiment
 
         ensure_experiment(uri, experiment)  # here, so its artifact folder is ./mlruns beside us, not in the job's copy
     if uri.startswith("sqlite:") and not _is_local(address):

@@ -6,7 +6,7 @@ the search space on an embedded local Ray (or a cluster with ``--address``). Eac
 training run of the split-policy agent (``splitlab.platform.training``) on the base spec with the
 trial's values merged in.
 
-Tracking: :class:`SweepMLflowCallback` (an ``MLflowLoggerCallback``) runs on the driver and gives
+Tracking: :class:`SweepMLflowCallback` (a Tune ``LoggerCallback`` on ``MlflowClient``) runs on the driver and gives
 every trial one MLflow run: the swept values as params (``env/w_l``), the trial's namespaced metrics
 per iteration (``policy/return``, ``mbrl/real_evals``, ...), tags ``splitlab.sweep`` (the sweep name)
 and ``splitlab.sweep_id`` shared by all trials of the sweep, and at the end the trial's artifacts
@@ -30,16 +30,15 @@ from typing import Any
 
 import yaml
 
-from splitlab.platform.search_space import SweepSpec, apply_overrides, flatten
+from splitlab.dotted import flatten
+from splitlab.platform.search_space import SweepSpec, apply_overrides
 from splitlab.platform.spec import read_spec_file
+from splitlab.platform.tracking import TAG_SWEEP, TAG_SWEEP_ID, ensure_experiment  # noqa: F401  (the tags: re-exported)
 
 TRIAL_FN = "splitlab.platform.sweep:train_trial"
 """The function a trial runs, as ``module:function`` so that any worker can import it."""
 STATE_FILE = "splitlab_sweep.json"
 """Written next to Tune's state: the sweep id (the shared MLflow tag) and the spec it ran."""
-TAG_SWEEP = "splitlab.sweep"
-TAG_SWEEP_ID = "splitlab.sweep_id"
-TAG_TRIAL_ID = "splitlab.trial_id"
 
 
 @dataclass
@@ -110,7 +109,7 @@ def load_plan(source: str | Path | Mapping, validate: Callable[[Mapping], Any] |
             try:
                 validate(plan.trial_spec(overrides))
             except ValueError as err:
-                values = ", ".join(f"{k.replace('/', '.')}={v!r}" for k, v in flatten(overrides).items())
+                values = ", ".join(f"{k}={v!r}" for k, v in flatten(overrides).items())
                 raise ValueError(f"{where}: the spec is invalid with sweep values {values}: {err}") from None
     return plan
 
@@ -147,7 +146,7 @@ def trial_bundles(spec: Mapping, cpus_per_trial: float) -> list[dict[str, float]
     if algo.num_env_runners and algo.env_runner_cpus > 0:
         bundles += [{"CPU": float(algo.env_runner_cpus)}] * algo.num_env_runners
     dyna = typed.dyna
-    if dyna.evaluator_cpus > 0 and typed.quality.get("kind") == "live":
+    if dyna.evaluator_cpus > 0 and typed.quality.kind == "live":
         bundles += [{"CPU": float(dyna.evaluator_cpus)}] * (2 * dyna.evaluators)  # training pool + evaluation pool
     return bundles
 
@@ -253,35 +252,6 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _ray_init(address: str | None, num_cpus: float | None, runtime_env: dict) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address is None and os.environ.get("RAY_ADDRESS"):
-        address = os.environ["RAY_ADDRESS"]  # inside `ray job submit`: join the job's cluster
-    if address is None:
-        ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 2), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
-    else:
-        ray.init(address=address, runtime_env=runtime_env)
-
-
-def ensure_experiment(uri: str, name: str) -> str:
-    """The MLflow experiment id for ``name`` in the store at ``uri``, created if needed.
-
-    A new experiment in a SQLite store keeps its artifacts under ``./mlruns`` of the process that creates
-    it; ``splitlab submit`` therefore creates it on the submitting side, not in the job's temporary folder.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name)
-
-
 @dataclass
 class SweepOutcome:
     """What a finished (or resumed) sweep returns."""
@@ -340,6 +310,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
     """
     from ray import tune
 
+    from splitlab.platform.ray_runtime import ensure_ray
     from splitlab.platform.tracking import tracking_uri as resolve_uri
 
     sweep = plan.sweep
@@ -361,7 +332,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
         sweep_id = uuid.uuid4().hex[:12]
     launch_dir = os.getcwd()
     runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
-    _ray_init(address, num_cpus, runtime_env)
+    ensure_ray(num_cpus, address=address, runtime_env=runtime_env, log_to_driver=True, quiet=False)
     ensure_experiment(uri, sweep.experiment)
 
     trainable = tune.with_parameters(_trainable, base=plan.base, trial_fn=trial_fn, launch_dir=launch_dir,

@@ -2,25 +2,22 @@
 
 One run, in order:
 
-1. **Rewards for the agent** (``mode``):
-   - ``paper``: fit the surrogate ensemble on a measured grid (given, or measured now with the
-     evaluator pool), then train on surrogate rewards only;
-   - ``dyna``: measure every split at a lattice of channel values with the pool, fit, train; after every
-     iteration :class:`~splitlab.mbrl.dyna.DynaCallback` refreshes the surrogate from visited points
-     (where the ensemble disagrees most, and where a measurement could change the best split), within
-     the real-evaluation budget, and pushes it to every env runner;
-   - ``model_free``: the env runners score every step with the real quality itself (a live LLM
-     reward model is loaded once per runner and caches its points).
+1. **Rewards for the agent**: the spec's ``mode`` (:mod:`splitlab.platform.modes`): ``paper`` fits the
+   surrogate on a measured grid and trains on it alone; ``dyna`` refreshes the surrogate from a budget
+   of real LLM evaluations after every iteration; ``model_free`` rewards every step with the real quality.
 2. **Training** with RLlib (PPO or DQN, new API stack), checkpointing every ``checkpoint.every``
-   iterations; a rerun of the same spec resumes from the newest checkpoint (the surrogate, its
-   data, the evaluation cache and the counters included).
+   iterations. The run folder records its spec (:mod:`splitlab.platform.run_state`): a rerun of the same
+   spec resumes from the newest checkpoint (the surrogate, its data, the evaluation cache and the
+   counters included), a changed spec is refused naming the changed keys, ``resume=False`` starts over.
 3. **Evaluation** of the greedy policy, every fixed k, random and the oracle on held-out channel
-   traces with the true reward: ``policy/return``, ``policy/return_vs_oracle`` (random = 0,
-   oracle = 1), ``policy/return_ratio`` (plain fraction of the oracle's return), the chosen k
-   against the channel (``k_vs_channel.png``).
-4. **Outputs** in the run folder (``out/name``): ``spec.yaml``, ``results.json``,
-   ``history.csv``, ``surrogate.npz``, ``policy/`` (an RLModule checkpoint), plots; and one MLflow
-   run with the spec as params, the metrics per iteration and every output as artifacts.
+   traces with the true reward (:mod:`splitlab.platform.held_out`): ``policy/return``,
+   ``policy/return_vs_oracle`` (random = 0, oracle = 1), ``policy/return_ratio`` (plain fraction of the
+   oracle's return), the chosen k against the channel (``k_vs_channel.png``); every
+   ``evaluation.every`` iterations too when set.
+4. **Outputs** in the run folder (``out/name``): ``spec.yaml``, ``results.json``, ``history.csv``,
+   ``surrogate.npz``, ``policy/`` (an RLModule checkpoint), ``policy.json``, plots; and one MLflow run
+   (:class:`~splitlab.platform.tracking.RunTracker`) with the spec as params, the metrics per
+   iteration and every output as artifacts.
 
 Metric names: ``policy/train_return`` (the reward the agent trained on: surrogate for paper and dyna),
 ``policy/return`` and ``policy/return_vs_oracle`` (true reward, held-out traces), ``mbrl/real_evals``
@@ -31,25 +28,25 @@ steps whose reward was a real evaluation or a cache hit), ``time/wall_s``, ``tra
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
-import pickle
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from splitlab.platform.held_out import HeldOutEvaluation
+from splitlab.platform.modes import make_mode
+from splitlab.platform.ray_runtime import ensure_ray
+from splitlab.platform.run_env import env_config
+from splitlab.platform.run_outputs import (plot_learning_curve, progress_line, rllib_metrics, write_history,
+                                          write_policy_info)
+from splitlab.platform.run_state import RESULTS_FILE, STATE_FILE, RunState, atomic_json, open_run_folder
 from splitlab.platform.spec import ExperimentSpec
-
-STATE_FILE = "state.json"
-RESULTS_FILE = "results.json"
+from splitlab.platform.tracking import TAG_KIND, RunTracker
 
 
 @dataclass
@@ -69,116 +66,13 @@ class TrainResult:
     """Output files by role: k_plot, learning_curve, surrogate, policy, results."""
 
 
-# ----------------------------------------------------------------------------------- ray
-def ensure_ray(num_cpus: int | None = None) -> bool:
-    """Start an embedded local Ray on 127.0.0.1 unless one is up (or $RAY_ADDRESS names one); True if started."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return True
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=True, logging_level="ERROR")
-    return True
-
-
-# ------------------------------------------------------------------------------- helpers
-def channel_sample(spec: ExperimentSpec, seed: int = 12345) -> np.ndarray | None:
-    """SNRs [N] the agent will meet: 200 sampled traces of the dynamics (with the users' offsets in the
-    multi-user env); None for the paper preset, whose channel is an erasure probability."""
-    from splitlab.envs.config import make_dynamics
-
-    if spec.env.get("preset") == "paper":
-        return None
-    dynamics = make_dynamics(spec.env.get("dynamics"))
-    rng = np.random.default_rng(seed)
-    traces = [dynamics.trace(51, rng) for _ in range(200)]
-    if spec.env_kind == "multi_user":
-        low, high = spec.env.get("user_snr_offset_db", (-5.0, 5.0))
-        traces = [t + rng.uniform(float(low), float(high)) for t in traces]
-    return np.concatenate(traces)
-
-
-def value_range(spec: ExperimentSpec, seed: int = 12345) -> tuple[float, float]:
-    """Channel values the agent will meet: ``dyna.value_range``, else the 2nd-98th percentile of
-    :func:`channel_sample` (wireless) or the paper preset's rho range."""
-    if spec.dyna.value_range is not None:
-        return spec.dyna.value_range
-    snr = channel_sample(spec, seed)
-    if snr is None:
-        from splitlab.envs.config import SplitEnvConfig
-
-        env = {k: v for k, v in spec.env.items() if k != "env"}
-        low, high = SplitEnvConfig.from_dict({**env, "reward_model": {"kind": "synthetic"}}).rho_range
-        return float(low) * 0.98, float(high) * 1.02
-    low, high = np.percentile(snr, [2, 98])
-    return float(low), float(high)
-
-
-def _env_config(spec: ExperimentSpec, reward_model: Any) -> dict[str, Any]:
-    cfg = {k: v for k, v in spec.env.items() if k != "env"}
-    cfg["reward_model"] = reward_model
-    return cfg
-
-
-def _build_env(spec: ExperimentSpec, reward_model: Any) -> Any:
-    from splitlab.envs import make_env
-
-    return make_env({**_env_config(spec, reward_model), "env": spec.env_kind})
-
-
-def _candidate_ks(spec: ExperimentSpec, env: Any) -> list[int]:
-    if spec.env_kind == "split" and env.config.preset == "paper":
-        return list(range(1, env.k_max + 1))
-    return list(env.candidate_ks)
-
-
-def _decision_model(env: Any) -> Any:
-    """The wireless reward of every split given its quality, for UE budgets across the env's range (None
-    for the paper preset, whose candidates move k rather than pick it)."""
-    model = getattr(env, "model", None)
-    if model is None or not hasattr(model, "decision_rewards"):
-        return None
-    budgets = np.linspace(*model.config.ue_budget_range, 3)
-    return lambda value, quality: model.decision_rewards(value, quality, budgets)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
-
-
-def _get(result: Mapping[str, Any], *path: str, default: Any = None) -> Any:
-    node: Any = result
-    for p in path:
-        if not isinstance(node, Mapping) or p not in node:
-            return default
-        node = node[p]
-    return node
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
-
-
-# ------------------------------------------------------------------------------ the run
 class TrainingRun:
     """One run of a spec in ``run_dir``; :meth:`run` does everything (see the module docstring).
 
     Args:
         spec: the validated spec.
         run_dir: output folder (default ``spec.out/spec.name``).
-        resume: continue from the newest checkpoint in ``run_dir`` if there is one; False starts over.
+        resume: continue the run in ``run_dir`` if it holds one of this spec; False starts over there.
         report: called with the metrics of every iteration (e.g. ``ray.tune.report`` in a sweep trial).
         log: progress lines (``print`` by default; None for silence).
     """
@@ -191,498 +85,168 @@ class TrainingRun:
         self.resume = resume
         self.report = report
         self.log = log or (lambda msg: None)
-        self.pool = None
-        self.eval_pool = None
-        self.loop = None
-        self.loop_key = None
+        self.mode = make_mode(spec, self.run_dir, self._say)
+        self.tracker = RunTracker(spec.tracking.enabled, spec.tracking.uri, spec.tracking.experiment)
+        self.evaluation: HeldOutEvaluation | None = None
         self.algo = None
+        self.state = RunState.fresh(spec)
         self.history: list[dict[str, float]] = []
-        self.state: dict[str, Any] = {}
-        self.extra_evals = 0.0  # paper: grid points; model_free: evaluations before a resume
-        self.extra_eval_s = 0.0
         self.start_time = time.perf_counter()
         self.wall_before = 0.0
-        self._evaluator = None
 
-    # -- progress -----------------------------------------------------------------------------
     def _say(self, msg: str) -> None:
-        self.log(f"[{self.spec.name} {time.perf_counter() - self.start_time + self.wall_before:7.1f}s] {msg}")
+        self.log(f"[{self.spec.name} {self.wall_s:7.1f}s] {msg}")
 
     @property
     def wall_s(self) -> float:
         return self.wall_before + time.perf_counter() - self.start_time
 
-    # -- setup ----------------------------------------------------------------------------------
-    def _load_state(self) -> dict[str, Any] | None:
-        path = self.run_dir / STATE_FILE
-        if not path.exists():
-            return None
-        state = json.loads(path.read_text())
-        if state.get("finished"):
-            return state
-        ckpt = state.get("checkpoint")
-        return state if ckpt and Path(ckpt).exists() else None
-
-    def _pool(self):
-        from splitlab.mbrl.evaluators import EvaluationPool
-
-        if self.pool is None:
-            d = self.spec.dyna
-            what = self.spec.quality.get("model", self.spec.quality["kind"])
-            self._say(f"starting {d.evaluators} evaluator actor(s) for {what}")
-            self.pool = EvaluationPool(self.spec.quality, n_actors=d.evaluators, num_cpus=d.evaluator_cpus)
-        return self.pool
-
-    def _surrogate_spec(self, path: Path) -> dict[str, Any]:
-        return {"kind": "surrogate", "path": str(path.resolve()), "key": self.loop_key or self.spec.name}
-
-    def _prepare_paper(self, resumed: dict | None) -> dict[str, Any]:
-        from splitlab.envs.reward_models import make_reward_model
-        from splitlab.mbrl.surrogate import SurrogateEnsemble, fit_on_grid
-
-        spec = self.spec
-        surrogate_path = self.run_dir / "surrogate.npz"
-        grid_path = self.run_dir / "grid.json"
-        if resumed and surrogate_path.exists():
-            self.extra_evals = float(resumed.get("grid_points", 0))
-            self.extra_eval_s = float(resumed.get("grid_eval_s", 0.0))
-            self.surrogate = SurrogateEnsemble.load(surrogate_path)
-            return self._surrogate_spec(surrogate_path)
-        if spec.paper.grid is not None:
-            grid_model = make_reward_model(spec.paper.grid)
-            n_points = None
-        else:
-            grid_model, n_points = self._measure_grid(grid_path)
-        ks = self._paper_ks(grid_model)
-        self.surrogate, report, points = fit_on_grid(grid_model, spec.surrogate, ks=ks)
-        self.extra_evals = float(n_points if n_points is not None else points)
-        self.state["grid_points"] = self.extra_evals
-        self.state["grid_eval_s"] = self.extra_eval_s
-        self.surrogate.save(surrogate_path)
-        self._say(f"surrogate fitted on {points} grid points: {report.describe()}")
-        return self._surrogate_spec(surrogate_path)
-
-    def _paper_ks(self, model: Any) -> list[int] | None:
-        env = _build_env(self.spec, model)
-        ks = _candidate_ks(self.spec, env)
-        return ks
-
-    def _measure_grid(self, grid_path: Path) -> tuple[Any, int]:
-        """Measure ``paper.ks`` x ``paper.values`` with the pool; write grid.json in analyze's format."""
-        from splitlab.envs.quality_grid import QualityGrid
-        from splitlab.envs.reward_models import GridRewardModel
-        from splitlab.mbrl.evaluators import measure_grid
-
-        spec, pool = self.spec, self._pool()
-        ref = pool.reference()
-        if spec.paper.ks is not None:
-            ks = list(spec.paper.ks)
-        else:
-            ks = list(spec.env.get("candidate_ks") or ref["ks"])
-            if spec.env.get("preset") == "paper":
-                k_max = spec.env.get("k_max") or max(1, round(10 / 32 * ref["num_layers"]))
-                ks = list(range(1, k_max + 1))
-        values = list(spec.paper.values) if spec.paper.values else list(np.linspace(*value_range(spec), 6))
-        self._say(f"measuring the grid: {len(ks)} splits x {len(values)} channel values on the real model")
-        grid = measure_grid(pool, ks, values)
-        self.extra_eval_s = pool.eval_time_s
-        grid_path.write_text(json.dumps(grid, indent=1))
-        return GridRewardModel(QualityGrid.from_dict(grid, ref["channel"])), pool.real_evals
-
-    def _prepare_dyna(self, resumed: dict | None) -> dict[str, Any]:
-        from splitlab.mbrl.dyna import LOOPS, DynaLoop
-        from splitlab.mbrl.surrogate import SurrogateEnsemble
-
-        spec, pool = self.spec, self._pool()
-        d = spec.dyna
-        self.loop_key = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        surrogate_path = self.run_dir / "surrogate.npz"
-        ref = pool.reference() if not resumed else None
-        if resumed:
-            with open(Path(resumed["checkpoint"]) / "mbrl_state.pkl", "rb") as f:
-                saved = pickle.load(f)
-            pool.set_state(saved["loop"]["pool"])
-            ref = pool.reference()
-        surrogate = SurrogateEnsemble(ref["num_layers"], ref["hidden_size"], ref["ppl_clean"], ref["channel"],
-                                      ref["param"], ref["ks"], spec.surrogate)
-        probe_env = _build_env(spec, surrogate)
-        ks = _candidate_ks(spec, probe_env)
-        self.loop = DynaLoop(surrogate, pool, ks, value_range(spec), d.initial_evals, d.evals_per_iter, d.budget,
-                             d.candidates, seed=spec.algorithm.seed, decision=_decision_model(probe_env),
-                             channel_sample=channel_sample(spec))
-        if resumed:
-            self.loop.set_state(saved["loop"])
-        else:
-            self._say(f"initial design: {d.initial_evals} real evaluations over k in {ks[0]}..{ks[-1]} x "
-                      f"{self.loop.value_range[0]:.3g}..{self.loop.value_range[1]:.3g}")
-            report = self.loop.initial_design()
-            self._say(f"surrogate fitted on {len(self.loop.data_ppl)} points: {report.describe()}; "
-                      f"{pool.real_evals} real evaluations")
-        self.surrogate = surrogate
-        surrogate.save(surrogate_path)
-        LOOPS[self.loop_key] = self.loop
-        return self._surrogate_spec(surrogate_path)
-
-    # -- checkpoints --------------------------------------------------------------------------------
-    def _checkpoint(self, iteration: int) -> Path:
-        ckpt_root = self.run_dir / "checkpoints"
-        ckpt = ckpt_root / f"iter_{iteration:06d}"
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        self.algo.save_to_path(str((ckpt / "algorithm").resolve()))
-        with open(ckpt / "mbrl_state.pkl", "wb") as f:
-            pickle.dump({"loop": self.loop.get_state() if self.loop else None}, f)
-        evals, seconds = self._model_free_evals()
-        self.state.update({"iteration": iteration, "checkpoint": str(ckpt.resolve()), "history": self.history,
-                           "wall_s": self.wall_s, "real_evals_offset": evals, "real_eval_s_offset": seconds})
-        _atomic_json(self.run_dir / STATE_FILE, self.state)
-        kept = sorted(p for p in ckpt_root.iterdir() if p.name.startswith("iter_"))
-        for old in kept[: -self.spec.checkpoint.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return ckpt
-
-    # -- metrics --------------------------------------------------------------------------------------
-    def _model_free_evals(self) -> tuple[float, float]:
-        """Real evaluations made inside the env runners (model-free live rewards), resumes included."""
-        if self.spec.mode != "model_free" or self.algo is None:
-            return 0.0, 0.0
-        from splitlab.mbrl.rllib_env import process_stats
-
-        group = self.algo.env_runner_group
-        remote = group.num_remote_env_runners() > 0
-        stats = group.foreach_env_runner(lambda r: process_stats(), local_env_runner=not remote)
-        return (self.state.get("real_evals_offset_base", 0.0) + sum(s["mbrl/real_evals"] for s in stats),
-                self.state.get("real_eval_s_offset_base", 0.0) + sum(s["mbrl/real_eval_time_s"] for s in stats))
-
-    def _real_evals(self) -> dict[str, float]:
-        if self.spec.mode == "dyna":
-            return {k: v for k, v in self.loop.metrics().items()}
-        if self.spec.mode == "paper":
-            return {"mbrl/real_evals": self.extra_evals, "mbrl/real_eval_time_s": self.extra_eval_s}
-        evals, seconds = self._model_free_evals()
-        return {"mbrl/real_evals": evals, "mbrl/real_eval_time_s": seconds}
-
-    def _iteration_metrics(self, it: int, result: Mapping[str, Any], seconds: float, steps_before: float) -> dict:
-        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
-
-        steps = float(_get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0.0) or 0.0)
-        m: dict[str, float] = {"train/iteration": float(it), "train/env_steps": steps,
-                               "time/iteration_s": seconds, "time/wall_s": self.wall_s,
-                               "perf/env_steps_per_s": (steps - steps_before) / seconds if seconds > 0 else 0.0}
-        ret = _get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
-        if ret is not None and np.isfinite(ret):
-            m["policy/train_return"] = float(ret)
-        sampling = _get(result, ENV_RUNNER_RESULTS, "sample")
-        if isinstance(sampling, (int, float)) and sampling > 0:
-            m["perf/sample_s"] = float(sampling)
-        module_id = "shared" if self.spec.env_kind == "multi_user" else "default_policy"
-        for src, dst in (("policy_loss", "losses/policy"), ("vf_loss", "losses/value"), ("entropy", "losses/entropy"),
-                         ("qf_loss", "losses/q")):
-            v = _get(result, "learners", module_id, src)
-            if isinstance(v, (int, float)) and np.isfinite(v):
-                m[dst] = float(v)
-        if self.spec.mode == "dyna":
-            m.update({k: float(v) for k, v in (result.get("splitlab") or {}).items()})
-        else:
-            m.update(self._real_evals())
-        if self.spec.mode == "model_free":
-            m["mbrl/reward_queries"] = steps
-        if self.spec.mode == "paper" and self.surrogate.report is not None:
-            m.update(self.surrogate.report.as_metrics())
-        if self.spec.evaluation.every and it % self.spec.evaluation.every == 0:
-            m.update(self._evaluate(final=False)[0])
-        return m
-
-    # -- evaluation -------------------------------------------------------------------------------------
-    def _truth(self) -> Any:
-        from splitlab.envs.reward_models import make_reward_model
-        from splitlab.mbrl.evaluators import EvaluationPool, PoolRewardModel
-
-        truth = self.spec.evaluation.truth
-        if truth != "quality":
-            return make_reward_model(truth)
-        if self.spec.quality["kind"] != "live":
-            return make_reward_model(self.spec.quality)
-        if self.eval_pool is None:
-            self.eval_pool = self.pool.sibling() if self.pool is not None else EvaluationPool(
-                self.spec.quality, n_actors=self.spec.dyna.evaluators, num_cpus=self.spec.dyna.evaluator_cpus)
-        return PoolRewardModel(self.eval_pool)
-
-    def _evaluate(self, final: bool) -> tuple[dict[str, float], dict[str, Any]]:
-        """Held-out scores: the greedy policy always; baselines once (cached, the episodes never change)."""
-        from splitlab.mbrl import evaluation as ev
-        from splitlab.mbrl.agents import greedy_policy, policy_module
-
-        spec = self.spec
-        if self._evaluator is None:
-            self._evaluator = {"env": _build_env(spec, self._truth()), "baselines": None}
-        env = self._evaluator["env"]
-        module = policy_module(self.algo, spec.env_kind)
-        e = spec.evaluation
-        if spec.env_kind == "multi_user":
-            run, baselines = ev.evaluate_multi_user, ev.multi_user_baselines(env, seed=e.seed)
-            policy = {"policy": ev.module_multi_act(module)}
-        else:
-            run, baselines = ev.evaluate_split_env, ev.split_env_baselines(env, seed=e.seed)
-            policy = {"policy": greedy_policy(module)}
-        cached = self._evaluator["baselines"] or {}
-        wanted = baselines if (final and e.baselines) else {n: baselines[n] for n in ("oracle", "random")}
-        todo = {n: p for n, p in wanted.items() if n not in cached}
-        if todo:
-            cached.update(run(env, todo, e.episodes, e.seed))
-            self._evaluator["baselines"] = cached
-        results = {**run(env, policy, e.episodes, e.seed), **{n: cached[n] for n in wanted}}
-        oracle, random = results["oracle"].mean, results["random"].mean
-        pol = results["policy"]
-        metrics = {"policy/return": pol.mean, "policy/return_vs_oracle": ev.score_vs_oracle(pol.mean, oracle, random),
-                   "policy/return_ratio": ev.return_ratio(pol.mean, oracle), "policy/mean_k": pol.mean_k,
-                   "oracle/return": oracle, "random/return": random}
-        truth_model = env.reward_model
-        metrics["eval/real_evals"] = float(truth_model.real_evals if self.eval_pool is not None else 0.0)
-        return metrics, results
-
-    # -- the whole run ----------------------------------------------------------------------------------
+    # -- the whole run ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         spec = self.spec
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self._load_state() if self.resume else None
-        if resumed and resumed.get("finished") and (self.run_dir / RESULTS_FILE).exists():
-            self._say("already finished; results.json holds its results (rerun with --restart to train again)")
-            return _result_from_file(self.run_dir)
-        if not resumed:
-            for stale in ("checkpoints", STATE_FILE, RESULTS_FILE):
-                p = self.run_dir / stale
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        resumed = open_run_folder(self.run_dir, spec, self.resume)  # SpecChanged for another spec's folder
+        if resumed is not None and resumed.finished:
+            self._say("already finished with this spec; results.json holds its results (--restart trains again)")
+            return result_from_file(self.run_dir)
         (self.run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        if resumed:
-            self.state = dict(resumed)
-            self.history = list(resumed.get("history", []))
-            self.wall_before = float(resumed.get("wall_s", 0.0))
-            self.state["real_evals_offset_base"] = float(resumed.get("real_evals_offset", 0.0))
-            self.state["real_eval_s_offset_base"] = float(resumed.get("real_eval_s_offset", 0.0))
-            self._say(f"resuming after iteration {resumed['iteration']} from {resumed['checkpoint']}")
+        if resumed is not None:
+            self.state = resumed
+            self.history = list(resumed.history)
+            self.wall_before = resumed.wall_s
+            self._say(f"resuming after iteration {resumed.iteration} from {resumed.checkpoint}")
+        self.state.save(self.run_dir)  # the folder records its spec before any work
         started = ensure_ray()
-        run = None
         try:
-            run = self._start_tracking()
-            result = self._train_and_evaluate(resumed)
-            result.run_id = run
+            self.state.mlflow_run_id = self.tracker.start(
+                spec.name, self.state.mlflow_run_id, params=spec.to_dict(),
+                tags={TAG_KIND: "train", "splitlab.mode": spec.mode, "splitlab.algorithm": spec.algorithm.name})
+            result = self._train(resumed)
+            result.run_id = self.state.mlflow_run_id
             return result
         finally:
             self._teardown(started)
 
-    def _start_tracking(self) -> str | None:
-        if not self.spec.tracking.enabled:
-            return None
-        import mlflow
-
-        from splitlab.platform.tracking import use_tracking
-
-        use_tracking(self.spec.tracking.uri, self.spec.tracking.experiment)
-        run_id = self.state.get("mlflow_run_id")
-        if run_id:
-            mlflow.start_run(run_id=run_id)
-        else:
-            run = mlflow.start_run(run_name=self.spec.name)
-            run_id = run.info.run_id
-            self.state["mlflow_run_id"] = run_id
-            mlflow.set_tags({"splitlab.kind": "train", "splitlab.mode": self.spec.mode,
-                             "splitlab.algorithm": self.spec.algorithm.name})
-            params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                      for k, v in _flatten(self.spec.to_dict()).items()}
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        return run_id
-
-    def _train_and_evaluate(self, resumed: dict | None) -> TrainResult:
+    def _train(self, resumed: RunState | None) -> TrainResult:
         from splitlab.mbrl.agents import algorithm_config, build_algorithm
-        from splitlab.mbrl.dyna import MBRL_KEY, DynaCallback, broadcast
 
-        spec = self.spec
-        if spec.mode == "paper":
-            reward = self._prepare_paper(resumed)
-        elif spec.mode == "dyna":
-            reward = self._prepare_dyna(resumed)
-        else:
-            reward = dict(spec.quality)
-            self.surrogate = None
-        env_config = _env_config(spec, reward)
-        if self.loop_key:
-            env_config[MBRL_KEY] = {"loop": self.loop_key}
-        config = algorithm_config(spec.algorithm, env_config, spec.env_kind,
-                                  DynaCallback if spec.mode == "dyna" else None)
-        self._say(f"building {spec.algorithm.name.upper()} ({spec.mode}) with {spec.algorithm.num_env_runners} env "
-                  f"runner(s) x {spec.algorithm.envs_per_env_runner} env(s)")
+        spec, algo_spec = self.spec, self.spec.algorithm
+        checkpoint = resumed.checkpoint_dir(self.run_dir) if resumed is not None else None
+        reward = self.mode.prepare(resumed, checkpoint)
+        self.evaluation = HeldOutEvaluation(spec, self.mode.pool)
+        config = algorithm_config(algo_spec, env_config(spec, reward), spec.env_kind)
+        self._say(f"building {algo_spec.name.upper()} ({spec.mode}) with {algo_spec.num_env_runners} env "
+                  f"runner(s) x {algo_spec.envs_per_env_runner} env(s)")
         self.algo = build_algorithm(config, self.run_dir / "rllib")
         start_it = 0
-        if resumed:
-            self.algo.restore_from_path(str(Path(resumed["checkpoint"]) / "algorithm"))
-            if self.loop is not None:
-                broadcast(self.algo, self.loop.surrogate)
-            start_it = int(resumed["iteration"])
-        self._log_setup_metrics(start_it)
+        if checkpoint is not None:
+            self.algo.restore_from_path(str((checkpoint / "algorithm").resolve()))  # RLlib wants absolute paths
+            self.mode.restored(self.algo)
+            start_it = resumed.iteration
+        report = self.mode.surrogate.report if self.mode.surrogate is not None else None
+        if report is not None and start_it == 0:
+            self.tracker.log_metrics({**report.as_metrics(), **self.mode.real_evals(self.algo)}, 0)
         steps_before = float(self.history[-1].get("train/env_steps", 0.0)) if self.history else 0.0
-        for it in range(start_it + 1, spec.algorithm.iterations + 1):
+        for it in range(start_it + 1, algo_spec.iterations + 1):
             t0 = time.perf_counter()
             result = self.algo.train()
-            m = self._iteration_metrics(it, result, time.perf_counter() - t0, steps_before)
+            refreshed = self.mode.refresh(self.algo)  # part of the iteration: timed with it
+            m = self._iteration_metrics(it, result, time.perf_counter() - t0, steps_before, refreshed)
             steps_before = m["train/env_steps"]
             self.history.append(m)
-            self._say(_progress_line(it, spec.algorithm.iterations, m))
-            self._log_metrics(m, it)
-            if it % spec.checkpoint.every == 0 or it == spec.algorithm.iterations:
+            self._say(progress_line(it, algo_spec.iterations, m))
+            self.tracker.log_metrics(m, it)
+            if it % spec.checkpoint.every == 0 or it == algo_spec.iterations:
                 self._checkpoint(it)
             if self.report is not None:
                 self.report(dict(m))
         return self._finish()
 
-    def _log_setup_metrics(self, step: int) -> None:
-        if self.surrogate is not None and self.surrogate.report is not None and step == 0:
-            self._log_metrics({**self.surrogate.report.as_metrics(), **self._real_evals()}, 0)
+    def _checkpoint(self, iteration: int) -> Path:
+        ckpt_root = self.run_dir / "checkpoints"
+        relative = f"checkpoints/iter_{iteration:06d}"  # the state keeps it relative: a moved folder resumes
+        ckpt = self.run_dir / relative
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        self.algo.save_to_path(str((ckpt / "algorithm").resolve()))
+        self.mode.save(ckpt)
+        s = self.state
+        s.iteration, s.checkpoint, s.history, s.wall_s = iteration, relative, self.history, self.wall_s
+        s.mode = self.mode.counters(self.algo)
+        s.save(self.run_dir)
+        kept = sorted(p for p in ckpt_root.iterdir() if p.name.startswith("iter_"))
+        for old in kept[: -self.spec.checkpoint.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return ckpt
 
-    def _log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not self.spec.tracking.enabled:
-            return
-        import mlflow
-
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-        mlflow.log_metrics(clean, step=step)
+    def _iteration_metrics(self, it: int, result: Mapping[str, Any], seconds: float, steps_before: float,
+                           refreshed: dict[str, float]) -> dict[str, float]:
+        module_id = "shared" if self.spec.env_kind == "multi_user" else "default_policy"
+        m = {"train/iteration": float(it), **rllib_metrics(result, steps_before, seconds, module_id),
+             "time/wall_s": self.wall_s}
+        m.update(self.mode.iteration_metrics(self.algo, m["train/env_steps"], refreshed))
+        if self.spec.evaluation.every and it % self.spec.evaluation.every == 0:
+            m.update(self.evaluation.score(self.algo, final=False)[0])
+        return m
 
     def _finish(self) -> TrainResult:
         from splitlab.mbrl import evaluation as ev
         from splitlab.mbrl.agents import policy_module
 
-        spec = self.spec
+        spec, run_dir = self.spec, self.run_dir
         self._say(f"evaluating on {spec.evaluation.episodes} held-out episodes against the baselines")
-        metrics, results = self._evaluate(final=True)
+        metrics, results = self.evaluation.score(self.algo, final=True)
         oracle, random = metrics["oracle/return"], metrics["random/return"]
         policies = {name: {**r.summary(), "return_vs_oracle": ev.score_vs_oracle(r.mean, oracle, random),
                            "return_ratio": ev.return_ratio(r.mean, oracle)} for name, r in results.items()}
-        files: dict[str, str] = {}
-        param = "rho" if spec.env.get("preset") == "paper" else "snr_db"
-        files["k_plot"] = str(ev.plot_k_vs_channel(results, self.run_dir / "k_vs_channel.png", param,
-                                                   title=f"{spec.name}: chosen split vs channel"))
-        files["learning_curve"] = str(_plot_learning_curve(self.history, self.run_dir / "learning_curve.png",
-                                                           metrics, spec.name))
-        module = policy_module(self.algo, spec.env_kind)
-        policy_dir = self.run_dir / "policy"
+        param = "rho" if spec.env.preset == "paper" else "snr_db"
+        files = {"k_plot": str(ev.plot_k_vs_channel(results, run_dir / "k_vs_channel.png", param,
+                                                    title=f"{spec.name}: chosen split vs channel")),
+                 "learning_curve": str(plot_learning_curve(self.history, run_dir / "learning_curve.png", metrics,
+                                                           spec.name))}
+        policy_dir = run_dir / "policy"
         shutil.rmtree(policy_dir, ignore_errors=True)
-        module.save_to_path(str(policy_dir.resolve()))
-        env = self._evaluator["env"]
-        preset = spec.env.get("preset", "wireless")
-        # What a server needs to act with this policy exactly as it was trained (splitlab.serve.policy).
-        observer = env.model.observer.to_dict() if spec.env_kind == "split" and preset == "wireless" else None
-        (self.run_dir / "policy.json").write_text(json.dumps({
-            "candidate_ks": _candidate_ks(spec, env), "num_layers": env.num_layers, "env": spec.env_kind,
-            "preset": preset, "observer": observer}, indent=1))
+        policy_module(self.algo, spec.env_kind).save_to_path(str(policy_dir.resolve()))
+        write_policy_info(spec, self.evaluation.env, run_dir / "policy.json")
         files["policy"] = str(policy_dir)
-        if self.surrogate is not None:
-            files["surrogate"] = str(self.run_dir / "surrogate.npz")
-            if self.loop is not None:
-                self.surrogate.save(self.run_dir / "surrogate.npz")
-        final = {**(self.history[-1] if self.history else {}), **self._real_evals(), **metrics,
+        files.update(self.mode.write_outputs())
+        surrogate = self.mode.surrogate
+        final = {**(self.history[-1] if self.history else {}), **self.mode.real_evals(self.algo), **metrics,
                  "time/wall_s": self.wall_s}
-        if self.surrogate is not None and self.surrogate.report is not None:
-            final.update(self.surrogate.report.as_metrics())
+        if surrogate is not None and surrogate.report is not None:
+            final.update(surrogate.report.as_metrics())
         final = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
-        _write_history(self.history, self.run_dir / "history.csv")
-        out = {"name": spec.name, "mode": spec.mode, "algorithm": spec.algorithm.name, "metrics": final,
-               "policies": policies, "history": self.history, "files": files}
-        _atomic_json(self.run_dir / RESULTS_FILE, out)
-        files["results"] = str(self.run_dir / RESULTS_FILE)
-        self.state.update({"finished": True, "history": self.history, "wall_s": self.wall_s})
-        _atomic_json(self.run_dir / STATE_FILE, self.state)
+        write_history(self.history, run_dir / "history.csv")
+        atomic_json(run_dir / RESULTS_FILE, {"name": spec.name, "mode": spec.mode, "algorithm": spec.algorithm.name,
+                                             "metrics": final, "policies": policies, "history": self.history,
+                                             "files": files})
+        files["results"] = str(run_dir / RESULTS_FILE)
+        self.state.finished, self.state.history, self.state.wall_s = True, self.history, self.wall_s
+        self.state.save(run_dir)
         last = self.history[-1] if self.history else {}
-        self._log_metrics({k: v for k, v in final.items() if last.get(k) != v}, spec.algorithm.iterations)
-        self._log_artifacts(files)
+        self.tracker.log_metrics({k: v for k, v in final.items() if last.get(k) != v}, spec.algorithm.iterations)
+        self.tracker.log_files([run_dir / n for n in ("spec.yaml", "history.csv", "surrogate.npz", "grid.json",
+                                                      "policy.json")]
+                               + [files[role] for role in ("k_plot", "learning_curve", "results")],
+                               {"policy": files["policy"]})
         self._say(f"policy return {metrics['policy/return']:.3f} ({metrics['policy/return_vs_oracle']:.3f} of the "
                   f"way from random to oracle {oracle:.3f}); real evaluations {final.get('mbrl/real_evals', 0):.0f}")
-        return TrainResult(self.run_dir, final, policies, self.history, None, files)
-
-    def _log_artifacts(self, files: Mapping[str, str]) -> None:
-        if not self.spec.tracking.enabled:
-            return
-        import mlflow
-
-        for name in ("spec.yaml", "history.csv", "surrogate.npz", "grid.json", "policy.json"):
-            p = self.run_dir / name
-            if p.exists():
-                mlflow.log_artifact(str(p))
-        for role in ("k_plot", "learning_curve", "results"):
-            if role in files:
-                mlflow.log_artifact(files[role])
-        mlflow.log_artifacts(files["policy"], artifact_path="policy")
+        return TrainResult(run_dir, final, policies, self.history, None, files)
 
     def _teardown(self, started_ray: bool) -> None:
         import ray
 
-        if self.spec.tracking.enabled:
-            import mlflow
-
-            if mlflow.active_run() is not None:
-                status = "FINISHED" if self.state.get("finished") else "KILLED"
-                mlflow.end_run(status=status)
+        self.tracker.end(self.state.finished)
         if self.algo is not None:
             self.algo.stop()
-        if self.loop_key:
-            from splitlab.mbrl.dyna import LOOPS
-
-            LOOPS.pop(self.loop_key, None)
-        for pool in (self.eval_pool, self.pool):
-            if pool is not None:
-                pool.shutdown()
+        if self.evaluation is not None:
+            self.evaluation.close()
+        self.mode.close()
         if started_ray:
             ray.shutdown()
 
 
-def _progress_line(it: int, total: int, m: Mapping[str, float]) -> str:
-    parts = [f"iter {it}/{total}"]
-    if "policy/train_return" in m:
-        parts.append(f"train return {m['policy/train_return']:.3f}")
-    if "policy/return_vs_oracle" in m:
-        parts.append(f"held-out vs oracle {m['policy/return_vs_oracle']:.3f}")
-    parts.append(f"real evals {m.get('mbrl/real_evals', 0):.0f}")
-    if "mbrl/surrogate_mae" in m:
-        parts.append(f"surrogate MAE {m['mbrl/surrogate_mae']:.4f}")
-    parts.append(f"{m['perf/env_steps_per_s']:.0f} steps/s")
-    return ", ".join(parts)
-
-
-def _write_history(history: list[dict[str, float]], path: Path) -> None:
-    keys = sorted({k for row in history for k in row})
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def _plot_learning_curve(history: list[dict[str, float]], path: Path, final: Mapping[str, float], name: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    steps = [h.get("train/env_steps", i) for i, h in enumerate(history)]
-    if any("policy/train_return" in h for h in history):
-        ax.plot(steps, [h.get("policy/train_return", np.nan) for h in history],
-                label="training return (agent's reward)")
-    if any("policy/return" in h for h in history):
-        ax.plot(steps, [h.get("policy/return", np.nan) for h in history], marker="o",
-                label="held-out return (true reward)")
-    for key, style in (("oracle/return", "--"), ("random/return", ":")):
-        if key in final:
-            ax.axhline(final[key], ls=style, color="k", lw=1, label=key.split("/")[0])
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(f"{name}: learning curve")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _result_from_file(run_dir: Path) -> TrainResult:
+def result_from_file(run_dir: Path) -> TrainResult:
+    """The :class:`TrainResult` of a finished run, read back from its folder."""
     data = json.loads((run_dir / RESULTS_FILE).read_text())
     state = json.loads((run_dir / STATE_FILE).read_text()) if (run_dir / STATE_FILE).exists() else {}
     return TrainResult(run_dir, data["metrics"], data["policies"], data["history"], state.get("mlflow_run_id"),
@@ -693,7 +257,8 @@ def _result_from_file(run_dir: Path) -> TrainResult:
 def run_training(spec: ExperimentSpec | Mapping[str, Any], run_dir: str | Path | None = None, resume: bool = True,
                  report: Callable[[Mapping[str, Any]], None] | None = None,
                  log: Callable[[str], None] | None = print) -> TrainResult:
-    """Train, evaluate and log one spec (see the module docstring); resumes an interrupted run in ``run_dir``."""
+    """Train, evaluate and log one spec (see the module docstring); resumes an interrupted run in ``run_dir``
+    and refuses (:class:`~splitlab.platform.run_state.SpecChanged`) a folder that holds another spec's run."""
     if not isinstance(spec, ExperimentSpec):
         spec = ExperimentSpec.from_dict(spec)
     return TrainingRun(spec, run_dir, resume, report, log).run()

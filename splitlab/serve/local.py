@@ -6,7 +6,6 @@ the API without a token. Keep the proxy on 127.0.0.1 unless something in front o
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
@@ -27,12 +26,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_local(config: ServeConfig, host: str = "127.0.0.1", port: int | None = None, num_cpus: int | None = None,
                 app_name: str = APP_NAME, route_prefix: str = "/", deployments: Mapping | None = None) -> str:
     """Start an embedded Ray and Serve on ``host``, deploy the app, wait until it runs; returns its URL."""
-    import ray
     from ray import serve
 
+    from splitlab.platform.ray_runtime import LOCAL, ensure_ray
+
     port = port or free_port(host)
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             _node_ip_address=host, log_to_driver=False)
+    ensure_ray(num_cpus, address=LOCAL, host=host, quiet=False)
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     deploy(config, app_name, route_prefix, deployments)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"

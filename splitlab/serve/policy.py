@@ -58,9 +58,13 @@ class GridRule:
         self.ks = grid.ks[self.rows]  # [K']
 
     def scores(self, snr_db: float, clean: bool = False) -> np.ndarray:
-        """Reward of every candidate k [K'] at ``snr_db`` (``clean``: no corruption, quality term 0)."""
-        quality = np.zeros(len(self.ks)) if clean else np.log(self.grid.ppl_table(snr_db)[self.rows] / self.grid.ppl_clean)
-        return -self.w_q * quality - self.w_c * self.ks / self.num_layers
+        """Reward of every candidate k [K'] at ``snr_db`` (``clean``: no corruption, quality term 0): the
+        wireless reward without its latency term (the service does not model the request's link time)."""
+        from splitlab.envs.rewards import wireless_reward
+
+        ppl = np.full(len(self.ks), self.grid.ppl_clean) if clean else self.grid.ppl_table(snr_db)[self.rows]  # [K']
+        return wireless_reward(ppl, self.grid.ppl_clean, self.ks, self.num_layers, 0.0, 1.0,
+                               w_q=self.w_q, w_c=self.w_c, w_l=0.0).total
 
     def __call__(self, features: Mapping[str, Any]) -> int:
         scores = self.scores(float(features["snr_db"]), clean=features.get("kind") == "clean")
