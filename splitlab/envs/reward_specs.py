@@ -38,6 +38,7 @@ class GridRewardSpec(ConfigModel):
     """Perplexity interpolated from a measured ``grid.json`` (``splitlab analyze``)."""
 
     kind: Literal["grid"] = "grid"
+    """Selects this reward model."""
     path: Str | None = None
     """A ``grid.json`` or the folder holding it (exactly one of ``path`` and ``grid``)."""
     grid: dict | None = None
@@ -66,6 +67,7 @@ class SyntheticRewardSpec(ConfigModel):
     """A smooth made-up quality surface with the shape of a real one (tests and smoke runs)."""
 
     kind: Literal["synthetic"] = "synthetic"
+    """Selects this reward model."""
     channel: Str = "awgn"
     """``erasure`` (parameter rho) or an SNR channel name (``awgn``, ``digital``: parameter snr_db)."""
     num_layers: PositiveInt = 30
@@ -90,6 +92,7 @@ class LiveRewardSpec(ConfigModel):
     """The real split LLM: perplexity over token windows with the channel applied, cached per point."""
 
     kind: Literal["live"] = "live"
+    """Selects this reward model."""
     model: Any = "smollm2"
     """Model spec for ``SplitModel.load`` (``smollm2``, ``tiny-llama``, a local checkpoint) or a loaded SplitModel."""
     channel: ChannelConfig | None = None
@@ -136,6 +139,7 @@ class SurrogateRewardSpec(ConfigModel):
     """A fitted surrogate ensemble (``SurrogateEnsemble.save``)."""
 
     kind: Literal["surrogate"] = "surrogate"
+    """Selects this reward model."""
     path: Str
     """The ensemble's ``.npz`` file."""
     key: Str | None = None
@@ -152,6 +156,7 @@ class CountedRewardSpec(ConfigModel):
     real evaluation (for model-free baselines over measured truth)."""
 
     kind: Literal["counted"] = "counted"
+    """Selects this reward model."""
     inner: RewardSpec
     """The reward model whose queries are counted."""
     decimals: Annotated[Int, Field(ge=0, le=6)] = 0
