@@ -56,7 +56,7 @@ def migration_work(k_from, k_to, tokens, kv_bytes_per_layer_token: float, hidden
 class MigrationPrices:
     """Seconds per unit of migration work; chooses the cheaper way to move the KV.
 
-    Built from the device cost table of the env (or measured on a machine); ``link_bytes_per_s`` is the
+    Fields may be arrays (one price per user, broadcast against the work). Built from the device cost table of the env (or measured on a machine); ``link_bytes_per_s`` is the
     current link rate, so the choice changes with the channel.
     """
 
@@ -69,7 +69,7 @@ class MigrationPrices:
 
     def __post_init__(self) -> None:
         for name in ("ue_s_per_layer_token", "edge_s_per_layer_token", "link_bytes_per_s"):
-            if not getattr(self, name) > 0:
+            if not np.all(np.asarray(getattr(self, name)) > 0):
                 raise ValueError(f"MigrationPrices.{name} must be > 0, got {getattr(self, name)!r}")
 
     def seconds(self, work: MigrationWork) -> tuple[np.ndarray, np.ndarray]:
