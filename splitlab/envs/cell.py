@@ -93,7 +93,8 @@ class Cell:
         self.prev = np.full(n, -1, dtype=np.int64)
         self.holds = np.ones(n, dtype=bool)
         self.start = np.zeros(n, dtype=np.int64)
-        self.wait_s = 0.0  # per-token edge wait of the last step, what users observe
+        self.wait_s = 0.0  # per-token edge latency of the last step (all work in it), what users observe
+        self.others_wait_s = np.zeros(n)  # the same beyond each user's own work
         self.est_prev = self.snr_est()
         self.queue.reset()
         self.blocked = 0
@@ -139,7 +140,8 @@ class Cell:
         work = np.where(acted, r.edge_work_s, 0.0)  # [n] edge seconds each user adds
         total = float(work.sum())
         ahead = self.queue.serve(total)
-        r = m.with_wait(r, (ahead - work) / self.block)  # others' batched tails and the backlog
+        self.others_wait_s = (ahead - work) / self.block  # [n] others' batched tails and the backlog
+        r = m.with_wait(r, self.others_wait_s)
         rewards = np.where(acted, r.reward, 0.0)
         self.prev = np.where(acted, a, self.prev)
         self.holds = np.where(acted, r.holds, self.holds)
