@@ -34,8 +34,10 @@ class CellPolicy(Protocol):
     def act(self, cell: Cell) -> np.ndarray: ...
 
 
-def _stage(model: DecodeModel, tokens, snr, budget, extra, edge_scale: float, first: bool):
-    """Rewards and next-holds of every (prev action, holds, action) for n users: each [n, A, 2, A]."""
+def _stage(model: DecodeModel, tokens, snr, budget, extra, edge_scale: float, first: bool, price=None):
+    """Rewards and next-holds of every (prev action, holds, action) for n users: each [n, A, 2, A].
+
+    ``price`` [n]: reward charged per second of edge work the user adds (the delay it causes others)."""
     n, n_act = snr.shape[0], len(model.ks)
     a = np.arange(n_act)[None, None, None, :]
     p = np.full((1, 1, 1, 1), -1) if first else np.arange(n_act)[None, :, None, None]
@@ -44,15 +46,17 @@ def _stage(model: DecodeModel, tokens, snr, budget, extra, edge_scale: float, fi
     r = model.step(a, p, h, np.asarray(tokens, dtype=np.float64)[col], snr[col], budget[col],
                    np.asarray(extra, dtype=np.float64)[col], edge_scale)
     shape = (n, n_act, 2, n_act)
-    return np.broadcast_to(r.reward, shape), np.broadcast_to(r.holds, shape)
+    reward = r.reward if price is None else r.reward - np.asarray(price)[col] * r.edge_work_s
+    return np.broadcast_to(reward, shape), np.broadcast_to(r.holds, shape)
 
 
 def solve_dp(model: DecodeModel, snr: np.ndarray, tokens: np.ndarray, budget: np.ndarray, extra: np.ndarray,
-             edge_scale: float, prev0: np.ndarray, holds0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             edge_scale: float, prev0: np.ndarray, holds0: np.ndarray, price: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Optimal actions [S, n] and values [n] over S stages for n users, from state (prev0, holds0).
 
     ``snr``, ``tokens``, ``extra`` are [S, n] (the stage's SNR, context and edge wait); ``prev0`` < 0
-    means the first step of a generation (nothing to migrate). The state is (previous action, whether
+    means the first step of a generation (nothing to migrate); ``price`` [S, n] charges edge work. The state is (previous action, whether
     the UE holds its boundary states): the migration cost depends on both, and nothing else carries over.
     """
     steps, n = snr.shape
@@ -61,11 +65,12 @@ def solve_dp(model: DecodeModel, snr: np.ndarray, tokens: np.ndarray, budget: np
     value = np.zeros((n, n_act, 2))
     q_tables, holds_tables = [], []
     for s in range(steps - 1, -1, -1):
-        reward, holds_next = _stage(model, tokens[s], snr[s], budget, extra[s], edge_scale, False)
+        p_s = None if price is None else price[s]
+        reward, holds_next = _stage(model, tokens[s], snr[s], budget, extra[s], edge_scale, False, p_s)
         a_idx = np.arange(n_act)[None, None, None, :]
         q = reward + value[users, a_idx, holds_next.astype(np.int64)]  # [n, A, 2, A]
         if s == 0:
-            r_first, h_first = _stage(model, tokens[0], snr[0], budget, extra[0], edge_scale, True)
+            r_first, h_first = _stage(model, tokens[0], snr[0], budget, extra[0], edge_scale, True, p_s)
             q_first = r_first + value[users, a_idx, h_first.astype(np.int64)]
             first = (prev0 < 0)[:, None, None, None]
             q = np.where(first, q_first, q)
@@ -146,7 +151,12 @@ def _others_wait(cell: Cell) -> np.ndarray:
 
 
 class InfoMatchedPolicy:
-    """Plans by DP over the rest of the generation from what the UE knows (see the module docstring)."""
+    """Plans by DP over the rest of the generation from what the UE knows (see the module docstring).
+
+    ``horizon``: plan at most this many steps ahead (None: to the end of the generation)."""
+
+    def __init__(self, horizon: int | None = None) -> None:
+        self.horizon = horizon
 
     def reset(self, cell: Cell) -> None:
         pass
@@ -154,7 +164,7 @@ class InfoMatchedPolicy:
     def act(self, cell: Cell) -> np.ndarray:
         m, cfg = cell.model, cell.config.decode
         left = int(cfg.episode_len - cell.steps_in().min())
-        steps = max(left, 1)
+        steps = max(left if self.horizon is None else min(left, self.horizon), 1)
         est = cell.snr_est()
         j = np.arange(steps)[:, None]
         forecast = cell.mean + cfg.snr_corr**j * (est - cell.mean)  # [S, n] AR(1) mean forecast
@@ -180,7 +190,8 @@ class ClairvoyantPolicy:
 def run_cell(cell: Cell, policy: CellPolicy, seed: int, record_wait: bool = False):
     """One episode of a fixed population (every user from step 0 to episode_len); per-user returns [n].
 
-    With ``record_wait`` also the realised others' per-token wait [T, n] each user met.
+    With ``record_wait`` also the realised others' per-token wait [T, n] each user met and whether work
+    carried over to the next step [T].
     """
     cfg = cell.config
     if cfg.join_prob or cfg.leave_prob or (cfg.initial_users not in (None, cfg.num_users)):
@@ -190,44 +201,67 @@ def run_cell(cell: Cell, policy: CellPolicy, seed: int, record_wait: bool = Fals
     steps = cfg.decode.episode_len
     returns = np.zeros(cell.n)
     waits = np.zeros((steps, cell.n))
+    carry = np.zeros(steps, dtype=bool)
     for t in range(steps):
         r, *_ = cell.step(policy.act(cell))
         returns += r
         waits[t] = cell.others_wait_s
-    return (returns, waits) if record_wait else returns
+        carry[t] = cell.queue.backlog_s > 0
+    return (returns, waits, carry) if record_wait else returns
 
 
-def clairvoyant_plan(cell: Cell, seed: int, rounds: int = 4, start: CellPolicy | None = None,
-                     damping: float = 0.5) -> tuple[np.ndarray, float, list[float]]:
-    """Per-user DP over the true traces, the edge wait taken from a realised run (see the module docstring).
+def congestion_price(cell: Cell, carry: np.ndarray) -> np.ndarray:
+    """Reward lost by the other users per second of edge work a user adds in each step [T] (fixed population).
 
-    Round 0 takes the wait realised under ``start`` (default: the queue-aware greedy); each round plans
-    every user against the last realised wait, then a random ``damping`` share of users adopts its new
-    plan (all of them in round 1) and the plan is run. Returns (best plan [T, n], its mean return,
-    the mean return of every round). On an idle edge one round is exact.
+    The work delays every other user's tokens by work / block_tokens in its step (batched decoding); when
+    work carries over, it delays everyone again in each following step until the backlog clears.
+    """
+    m, n = cell.model, cell.n
+    steps = len(carry)
+    run = np.zeros(steps)
+    for t in range(steps - 2, -1, -1):  # steps after t that still wait behind t's leftover work
+        run[t] = (1.0 + run[t + 1]) if carry[t] else 0.0
+    return cell.config.decode.w_l / (m.latency_ref_s * cell.block) * ((n - 1) + n * run)
+
+
+def clairvoyant_plan(cell: Cell, seed: int, rounds: int = 4, damping: float = 0.5
+                     ) -> tuple[np.ndarray, float, dict[str, float]]:
+    """A plan [T, n] for a fixed population that knows every user's whole SNR trace.
+
+    Candidates: every fixed k for all users, and rounds of per-user DP (exact switching costs) against
+    the wait realised by the previous candidate, each user charged the delay its edge work causes the
+    others (:func:`congestion_price`); from round 2 a random ``damping`` share of users adopts its new
+    plan. Every candidate is run in the cell and the best is kept, so the figure is achievable: a lower
+    bound on the clairvoyant optimum of the cell (on an idle edge the first DP round is exact).
+    Returns (plan, its mean return per user, the mean return of every candidate).
     """
     m, cfg = cell.model, cell.config.decode
     steps = cfg.episode_len
-    _, waits = run_cell(cell, start or GreedyPolicy("queue"), seed, record_wait=True)
     cell.reset(seed)
     exo = cell.exo  # the episode's draws (after a run the cell has rolled on to the next block)
     snr = exo.snr_db
     tokens = np.broadcast_to(m.tokens_before(np.arange(steps))[:, None], snr.shape)
     prev0, holds0 = np.full(cell.n, -1), np.ones(cell.n, dtype=bool)
     rng = np.random.default_rng(seed)
-    best_plan, best, history, plan = None, -np.inf, [], None
+    scores: dict[str, float] = {}
+    best_plan, best, start = None, -np.inf, None
+    for a in range(len(m.ks)):
+        plan = np.full((steps, cell.n), a)
+        returns, waits, carry = run_cell(cell, ClairvoyantPolicy(plan), seed, record_wait=True)
+        scores[f"fixed_{m.ks[a]}"] = float(returns.mean())
+        if scores[f"fixed_{m.ks[a]}"] > best:
+            best, best_plan, start = scores[f"fixed_{m.ks[a]}"], plan, (waits, carry)
+    waits, carry = start
+    plan = None
     for i in range(rounds):
-        new, _ = solve_dp(m, snr, tokens, exo.budget, waits, cell.edge_scale, prev0, holds0)
-        if plan is None:
-            plan = new
-        else:
-            adopt = rng.random(cell.n) < damping
-            plan = np.where(adopt[None, :], new, plan)
-        returns, waits = run_cell(cell, ClairvoyantPolicy(plan), seed, record_wait=True)
-        history.append(float(returns.mean()))
-        if history[-1] > best:
-            best, best_plan = history[-1], plan.copy()
-    return best_plan, best, history
+        price = np.broadcast_to(congestion_price(cell, carry)[:, None], snr.shape)
+        new, _ = solve_dp(m, snr, tokens, exo.budget, waits, cell.edge_scale, prev0, holds0, price)
+        plan = new if plan is None else np.where((rng.random(cell.n) < damping)[None, :], new, plan)
+        returns, waits, carry = run_cell(cell, ClairvoyantPolicy(plan), seed, record_wait=True)
+        scores[f"dp_round_{i}"] = float(returns.mean())
+        if scores[f"dp_round_{i}"] > best:
+            best, best_plan = scores[f"dp_round_{i}"], plan.copy()
+    return best_plan, best, scores
 
 
 def policy_suite(model: DecodeModel, surrogate_model: DecodeModel | None, seed: int = 0
