@@ -92,7 +92,7 @@ def in_process_cell(seconds: float) -> tuple[float, float]:
 
 
 def through_rllib(config: dict, steps_per_runner: int, rounds: int, env_id: str | None = None,
-                  runner_options: dict | None = None) -> dict:
+                  runner_options: dict | None = None, train_batch_size: int | None = None) -> dict:
     """Env steps per second sampled through RLlib env runners (PPO's default module), 1 runner vs 2.
 
     One algorithm with 2 remote runners; each round samples ``steps_per_runner`` on runner 1 alone,
@@ -111,6 +111,8 @@ def through_rllib(config: dict, steps_per_runner: int, rounds: int, env_id: str 
                    .env_runners(num_env_runners=2, num_cpus_per_env_runner=1,
                                 **(runner_options or {"rollout_fragment_length": 200}))
                    .debugging(seed=0))
+    if train_batch_size is not None:  # only sampled here, but the config must add up
+        algo_config = algo_config.training(train_batch_size_per_learner=train_batch_size)
     if name == "multi_user":
         algo_config = algo_config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=shared_policy_mapping_fn)
     algo = algo_config.build_algo()
@@ -214,7 +216,8 @@ def measure_cell(args, machine: dict) -> dict:
         # Each sampled round: 10 vector steps of every sub-env of a runner.
         r = through_rllib(CELL, 10 * n_envs, args.rounds, env_id=register_cell_env(),
                           runner_options={"num_envs_per_env_runner": n_envs, "rollout_fragment_length": 10,
-                                          "gym_env_vectorize_mode": "vector_entry_point"})
+                                          "gym_env_vectorize_mode": "vector_entry_point"},
+                          train_batch_size=2 * 10 * n_envs)
     finally:
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
