@@ -58,15 +58,19 @@ def _stats(x: list[float]) -> dict:
 def score_setting(reward_model, surrogate, load: float, switch: float, users: int, traces: int) -> dict:
     from splitlab.envs.cell import Cell, CellConfig
     from splitlab.envs.sequential import DecodeModel
-    from splitlab.envs.sequential_policies import FixedPolicy, clairvoyant_plan, policy_suite, run_cell
+    from splitlab.envs.sequential_policies import (
+        FixedPolicy,
+        InfoMatchedPolicy,
+        clairvoyant_plan,
+        policy_suite,
+        run_cell,
+    )
 
     decode = {"reward_model": reward_model, "kv_dim": 192, "switch_scale": switch, "candidate_ks": list(CANDIDATE_KS)}
     cell = Cell(CellConfig(num_users=users, queue={"load": load}, decode=decode))
     m = cell.model
     sur_model = DecodeModel(cell.config.decode.model_copy(), surrogate, m.costs)
     suite = policy_suite(m, sur_model)
-    from splitlab.envs.sequential_policies import InfoMatchedPolicy
-
     suite["info_matched"] = lambda: InfoMatchedPolicy(horizon=12)
     train = {a: np.mean([run_cell(cell, FixedPolicy(a), s).mean() for s in TRAIN_SEEDS]) for a in range(len(m.ks))}
     best_a = max(train, key=train.get)
