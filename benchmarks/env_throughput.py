@@ -10,7 +10,8 @@ This example steps the environments with the measured-grid reward model (a synth
   interleaved in the same runner processes; medians reported, the raw rounds kept in the JSON);
 - ``cell_1024``: the decode-phase cell of 1,024 users sharing an edge queue (``splitlab.envs.cell``,
   numpy, with churn), in process (user steps/s, goal >= 200,000) and as RLlib's vector env with 2 cells
-  per env runner (user steps/s per runner, goal >= 20,000; ratio of 2 runners to 1, goal >= 1.6).
+  per env runner (user steps/s per runner, goal >= 20,000; ratio of 2 runners to 1, goal >= 1.6), plus
+  one env runner in this process timed by wall and by CPU time (what a runner does on a core of its own).
 
 How to run:  .venv/bin/python benchmarks/env_throughput.py [--seconds 2] [--rounds 3] [--rllib-steps 1500]
              [--only cell_1024]   (measure one entry, keep the others of the JSON as they are)
@@ -194,6 +195,32 @@ def main() -> None:
     print(f"wrote {out}")
 
 
+def local_runner_cell(n_envs: int, rounds: int) -> dict:
+    """User steps per wall second and per CPU second of an env runner in this process (no actor hop):
+    the CPU figure says what one runner does on a core of its own, whatever the machine's load."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from splitlab.envs.cell import register_cell_env
+
+    algo = (PPOConfig().environment(register_cell_env(), env_config=CELL)
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=n_envs, rollout_fragment_length=10,
+                         gym_env_vectorize_mode="vector_entry_point")
+            .training(train_batch_size_per_learner=10 * n_envs).build_algo())
+    runner = algo.env_runner_group.local_env_runner
+    wall, cpu = [], []
+    try:
+        runner.sample(num_timesteps=n_envs, explore=True)  # warm-up
+        for _ in range(rounds):
+            w, c = time.perf_counter(), time.process_time()
+            steps = sum(len(e) for e in runner.sample(num_timesteps=20 * n_envs, explore=True))
+            wall.append(steps / (time.perf_counter() - w))
+            cpu.append(steps / (time.process_time() - c))
+    finally:
+        algo.stop()
+    return {"user_steps_per_s": float(np.median(wall)), "user_steps_per_cpu_s": float(np.median(cpu)),
+            "rounds_user_steps_per_s": wall, "rounds_user_steps_per_cpu_s": cpu}
+
+
 def measure_cell(args, machine: dict) -> dict:
     """The ``cell_1024`` entry: in process, then through RLlib (its own Ray session), with the load average."""
     import ray
@@ -218,6 +245,7 @@ def measure_cell(args, machine: dict) -> dict:
                           runner_options={"num_envs_per_env_runner": n_envs, "rollout_fragment_length": 10,
                                           "gym_env_vectorize_mode": "vector_entry_point"},
                           train_batch_size=2 * 10 * n_envs)
+        local = local_runner_cell(n_envs, args.rounds)
     finally:
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -226,11 +254,12 @@ def measure_cell(args, machine: dict) -> dict:
              "runners_2": {"user_steps_per_s": r["runners_2"]["env_steps_per_s"],
                            "rounds_user_steps_per_s": r["runners_2"]["rounds_env_steps_per_s"]},
              "ratio_2_to_1": r["ratio_2_to_1"], "user_steps_per_runner_round": r["steps_per_runner"],
-             "goal_runners_1_user_steps_per_s": 20_000, "goal_ratio_2_to_1": 1.6}
+             "goal_runners_1_user_steps_per_s": 20_000, "goal_ratio_2_to_1": 1.6, "local_runner": local}
     entry["rllib"] = rllib
     entry["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
     print(f"rllib       cell_1024      1 runner {rllib['runners_1']['user_steps_per_s']:7.0f}  2 runners "
-          f"{rllib['runners_2']['user_steps_per_s']:7.0f} user steps/s  ratio {r['ratio_2_to_1']:.2f}")
+          f"{rllib['runners_2']['user_steps_per_s']:7.0f} user steps/s  ratio {r['ratio_2_to_1']:.2f}; local runner "
+          f"{local['user_steps_per_s']:7.0f} per s, {local['user_steps_per_cpu_s']:7.0f} per CPU s")
     return entry
 
 
