@@ -34,14 +34,16 @@ class UESession:
         self.model, self.k = model, k
         self.cache = model.new_cache()
         self.ids: list[torch.Tensor] = []  # token-id chunks [1, T_i], in order
-        self._boundary: list[Activation] | None = []  # None: a move by transfer left the UE without them
+        # The clean hidden states after layer k of every past token, as sent; None once a move by transfer
+        # left the UE without them (rebuilt from the token ids when needed).
+        self.sent: list[Activation] | None = []
         self.length = 0  # tokens processed; at k = 0 the (empty) cache cannot tell
         self.rebuilt_layer_tokens = 0  # layer-tokens spent rebuilding hidden states from the token ids
 
     @property
     def holds_boundary(self) -> bool:
         """Whether the UE holds the hidden states after layer ``k`` of every past token."""
-        return self._boundary is not None
+        return self.sent is not None
 
     def prefill(self, input_ids: torch.Tensor) -> Activation:
         """Run the head over the prompt [1, T]; returns the activation to transmit."""
@@ -53,10 +55,10 @@ class UESession:
 
     def history(self) -> Activation:
         """The hidden states after layer ``k`` of every past token [1, T, H] (for an edge rebuild)."""
-        if self._boundary is None:
-            self._boundary = [self.rebuild(self.k)]
-        return Activation(torch.cat([a.hidden for a in self._boundary], dim=1),
-                          torch.cat([a.position_ids for a in self._boundary], dim=1), None)
+        if self.sent is None:
+            self.sent = [self.rebuild(self.k)]
+        return Activation(torch.cat([a.hidden for a in self.sent], dim=1),
+                          torch.cat([a.position_ids for a in self.sent], dim=1), None)
 
     def rebuild(self, k: int) -> Activation:
         """The hidden states after layer ``k`` of every past token, recomputed from the token ids (no cache)."""
@@ -68,10 +70,10 @@ class UESession:
         layers = range(self.k, k_to)
         if kv is None:
             after = self.model.middle(self.history(), self.k, k_to, cache=self.cache)  # [1, T, H] after k_to
-            self._boundary = [after]
+            self.sent = [after]
         else:
             adopt_kv(self.cache, layers, kv)
-            self._boundary = None
+            self.sent = None
         self.k = k_to
 
     def give_layers(self, k_to: int, by: MigrationMode) -> Activation | list[tuple[torch.Tensor, torch.Tensor]]:
@@ -80,21 +82,25 @@ class UESession:
         layers = range(k_to, self.k)
         if by == "transfer":
             payload = export_kv(self.cache, layers)
-            self._boundary = None
+            self.sent = None
         else:
             payload = self.rebuild(k_to)
-            self._boundary = [payload]
+            self.sent = [payload]
         drop_kv(self.cache, layers)
         self.k = k_to
         return payload
 
+    def record(self, ids: torch.Tensor, act: Activation) -> None:
+        """Book tokens ``ids`` [1, T] whose head output ``act`` was computed outside :meth:`step` (a batched step)."""
+        self.length += ids.shape[1]
+        self.ids.append(ids)
+        if self.sent is not None:
+            self.sent.append(act)
+
     def _send(self, ids: torch.Tensor) -> Activation:
         positions = torch.arange(self.length, self.length + ids.shape[1]).unsqueeze(0)  # [1, T]
         act = self.model.head(ids, self.k, cache=self.cache, position_ids=positions)
-        self.length += ids.shape[1]
-        self.ids.append(ids)
-        if self._boundary is not None:
-            self._boundary.append(act)
+        self.record(ids, act)
         return act
 
 
