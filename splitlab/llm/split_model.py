@@ -108,6 +108,23 @@ class SplitModel:
         return self.family.finish(hidden)
 
     @torch.no_grad()
+    def middle(self, activation: Activation, start: int, stop: int, cache: Cache | None = None) -> Activation:
+        """Run layers ``start..stop-1`` on an activation after ``start`` layers -> the activation after ``stop``.
+
+        Used when the split point moves: the side that takes over layers rebuilds their KV from the
+        hidden states it holds. ``cache`` receives the KV of exactly those layers.
+        """
+        _check_k(start, self.num_layers)
+        _check_k(stop, self.num_layers)
+        if stop < start:
+            raise ValueError(f"middle needs start <= stop, got start={start}, stop={stop}")
+        if self.part == "ue" and stop > self.part_k or self.part == "edge" and start < self.part_k:
+            raise ValueError(f"this {self.part} half was loaded for k={self.part_k}; it cannot run layers {start}..{stop - 1}")
+        hidden = self._run_layers(range(start, stop), activation.hidden, activation.position_ids,
+                                  activation.attention_mask, cache)  # [B, T, H]
+        return replace(activation, hidden=hidden)
+
+    @torch.no_grad()
     def layer_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[Activation]:
         """Activations after every split point 0..L from one pass (index k = after k layers)."""
         act = self.head(input_ids, 0, attention_mask)
