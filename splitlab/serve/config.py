@@ -71,7 +71,35 @@ class ServeConfig:
     edge_retry_s: float = 60.0
     """How long the UE keeps retrying an edge that died or is restarting before failing."""
     health_check_period_s: float = 2.0
-    """Serve health-check period of the halves (how fast a dead replica is replaced)."""
+    """Serve health-check period of the halves (how fast a dead replica is replaced); also how often
+    the edge sweeps caches idle longer than ``session_ttl_s``."""
+    adaptive: bool = True
+    """With neither ``policy_grid`` nor ``policy_checkpoint``: pick k per request with the measured grid
+    shipped for the model (SmolLM2); False, or a model without a shipped grid: ``default_split``."""
+    trust_checkpoint: bool = False
+    """Allow a ``policy_checkpoint`` without the safe export (``policy.safetensors`` + JSON), loaded
+    through RLlib's pickled checkpoint. Only for files you made yourself."""
+    max_batch: int = 32
+    """Most requests one batched decode step takes, on the UE and on the edge."""
+    batch_wait_s: float = 0.002
+    """How long a decode step waits for the steps of other active requests to join its batch."""
+    edge_max_caches: int | None = None
+    """KV caches per edge replica (LRU beyond). None: twice ``max_streams`` x ``ue_replicas``."""
+    edge_cache_mib: float = 4096.0
+    """Memory for KV caches per edge replica; a new request reserves its cache at its full context."""
+    max_queued_requests: int = 64
+    """Requests that may wait for a free stream (per ingress replica); beyond: 429 with Retry-After."""
+    queue_timeout_s: float = 30.0
+    """Longest wait for a free stream; then 503 with Retry-After."""
+    request_timeout_s: float = 600.0
+    """Deadline of one request from arrival to its last token (then 504, or an error event in a stream)."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body (Content-Length or streamed); beyond: 413, before the body is read whole."""
+    api_keys: tuple[str, ...] = ()
+    """Accepted API keys (``Authorization: Bearer KEY``); empty: no key needed. ``splitlab serve`` also
+    reads ``--api-key`` and ``$SPLITLAB_API_KEY`` (comma-separated)."""
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    """Host header names the ingress answers (port ignored; ``*``: any); others get 400."""
 
     def __post_init__(self) -> None:
         _check_str("model", self.model)
@@ -99,8 +127,28 @@ class ServeConfig:
         check_int("ue_replicas", self.ue_replicas, 1)
         _check_float("replica_cpus", self.replica_cpus, 0.0)
         check_int("max_streams", self.max_streams, 1)
-        for name in ("session_ttl_s", "edge_retry_s", "health_check_period_s"):
+        for name in ("session_ttl_s", "edge_retry_s", "health_check_period_s", "edge_cache_mib", "queue_timeout_s",
+                     "request_timeout_s"):
             _check_float(name, getattr(self, name), 0.0, low_open=True)
+        for name in ("adaptive", "trust_checkpoint"):
+            check_bool(name, getattr(self, name))
+        check_int("max_batch", self.max_batch, 1)
+        _check_float("batch_wait_s", self.batch_wait_s, 0.0)
+        if self.edge_max_caches is not None:
+            check_int("edge_max_caches", self.edge_max_caches, 1)
+        check_int("max_queued_requests", self.max_queued_requests, 0)
+        check_int("max_body_bytes", self.max_body_bytes, 1024)
+        for name in ("api_keys", "allowed_hosts"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # `serve run app:build api_keys=a,b` and --set pass one string
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{name} must be a list of non-empty strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if any(len(key) < 8 for key in self.api_keys):
+            raise ValueError("api_keys must be at least 8 characters each (use e.g. `openssl rand -hex 24`)")
+        if not self.allowed_hosts:
+            raise ValueError("allowed_hosts must name at least one host (or '*' for any)")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -129,7 +177,7 @@ class ServeConfig:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()}
 
     def replace(self, **changes: Any) -> "ServeConfig":
         return dataclasses.replace(self, **changes)
