@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -167,6 +168,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.model:
         settings["model"] = args.model
     settings.update(dict(args.set))
+    keys = list(args.api_key) or [k.strip() for k in os.environ.get("SPLITLAB_API_KEY", "").split(",") if k.strip()]
+    if keys:
+        settings["api_keys"] = keys
+    if args.trust_checkpoint:
+        settings["trust_checkpoint"] = True
+    if args.host not in ("127.0.0.1", "localhost", "::1") and "allowed_hosts" not in settings and args.host != "0.0.0.0":
+        settings["allowed_hosts"] = ["127.0.0.1", "localhost", "::1", args.host]  # the name it was bound as
     serve_forever(ServeConfig.from_dict(settings), args.host, args.port, args.num_cpus)
     return 0
 
@@ -210,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address of the HTTP proxy (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port of the HTTP proxy (default 8000)")
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="require Authorization: Bearer KEY (repeatable; default: $SPLITLAB_API_KEY, "
+                            "comma-separated; none: no key)")
+    serve.add_argument("--trust-checkpoint", action="store_true",
+                       help="allow a policy_checkpoint that only RLlib's pickled checkpoint can load (your own files)")
     serve.set_defaults(func=cmd_serve)
 
     analyze = sub.add_parser(

@@ -485,3 +485,28 @@ def test_app_builder_takes_serve_run_args_and_checks_them_against_the_model():
         build({"model": "tiny-llama", "max_split": "9"})
     with pytest.raises(ValueError, match="unknown serve config keys"):
         build({"modle": "tiny-llama"})
+
+
+def test_grafana_dashboard_plots_only_metrics_the_service_exports():
+    import re
+    from pathlib import Path
+
+    from splitlab.serve import metrics as metrics_module
+
+    source = Path(metrics_module.__file__).read_text()
+    defined = set(re.findall(r'"(splitlab_\w+)"', source))
+    dashboard = json.loads((Path(__file__).parents[1] / "cluster/grafana/splitlab_dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(total|bucket|sum|count)$", "", name) for e in exprs for name in re.findall(r"ray_(splitlab_\w+)", e)}
+    assert used and used <= defined, used - defined
+    assert {"splitlab_requests", "splitlab_split_k", "splitlab_edge_batch_size"} <= used
+
+
+def test_adaptive_by_default_on_smollm2_with_the_shipped_grid():
+    rule = make_rule(ServeConfig(model="smollm2"), 30)
+    assert isinstance(rule, GridRule) and rule.name == "grid"
+    picks = {snr: rule({"snr_db": snr, "kind": "awgn"}) for snr in (25.0, 10.0, 0.0)}
+    assert all(0 <= k <= 15 for k in picks.values())
+    assert picks[0.0] == 0  # the measured grid: k = 0 is by far the most robust split at 0 dB
+    assert isinstance(make_rule(ServeConfig(model="smollm2", adaptive=False), 30), FixedRule)  # fixed only when asked
+    assert isinstance(make_rule(ServeConfig(model="tiny-llama"), 4), FixedRule)  # no grid measured for it

@@ -249,6 +249,8 @@ class EdgeHalf:
         reply = await self.batcher.submit(request_id, (request_id, msg))
         if "resend_from" in reply:
             self.metrics["rebuilds"].inc()
+        else:
+            self.metrics["batch"].observe(reply.get("batch", 1))
         self.metrics["sessions"].set(len(self.store.sessions))
         return reply
 
@@ -269,8 +271,9 @@ class EdgeHalf:
 
     def check_health(self) -> None:
         """Serve calls this every ``health_check_period_s``: it doubles as the TTL sweeper of idle caches."""
-        if self.store.sweep(blocking=False):
-            self.metrics["sessions"].set(len(self.store.sessions))
+        self.store.sweep(blocking=False)
+        self.metrics["sessions"].set(len(self.store.sessions))
+        self.metrics["cache_bytes"].set(self.store.used_bytes())
 
     def __del__(self):
         # Scale-down or shutdown: free the caches now rather than with the process.
