@@ -179,14 +179,13 @@ def test_models_and_health(service):
 
 
 def _ingress_rss() -> int:
-    """Resident memory of the ingress replica's process, in bytes."""
+    """Resident memory of the ingress replica's process (a worker of this test's own Ray), in bytes."""
     import psutil
-    from ray.util.state import list_actors
 
-    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-              if "SplitIngress" in (a.class_name or "") and a.name.startswith(f"SERVE_REPLICA::{APP_NAME}#")]
-    assert len(actors) == 1, actors
-    return psutil.Process(actors[0].pid).memory_info().rss
+    procs = [p for p in psutil.Process().children(recursive=True)
+             if f"ServeReplica:{APP_NAME}:SplitIngress" in " ".join(p.cmdline())]
+    assert len(procs) == 1, procs
+    return procs[0].memory_info().rss
 
 
 def test_a_body_over_the_limit_is_refused_while_streaming_in_with_bounded_ingress_memory(service):
