@@ -15,7 +15,7 @@ from splitlab.llm import SplitModel
 from splitlab.llm.batching import head_step, tail_step
 from splitlab.llm.generation import EdgeSession, UESession, generate
 from splitlab.serve.batching import StepBatcher
-from splitlab.serve.edge import EdgeStore
+from splitlab.serve.edge import EdgeMessage, EdgeStore
 from splitlab.serve.profiles import resolve_link
 from splitlab.serve.ue import UERequest, split_generate
 
@@ -80,3 +80,16 @@ def test_concurrent_requests_join_and_leave_one_batch_and_match_unbatched(tiny_l
     pool.shutdown()
     assert batched == [_greedy(model, p, k, n) for p, n in zip(PROMPTS, lengths)]
     assert edge.mean_batch > 1.5 and ue.mean_batch > 1.5  # the steps really were batched
+
+
+def test_a_one_token_prompt_in_a_batch_of_decode_steps_runs_as_a_prompt(tiny_llama: SplitModel):
+    model, k = tiny_llama, 1
+    hidden = model.head(torch.tensor([[5, 6, 7]]), k).hidden  # [1, 3, H]
+    one = model.head(torch.tensor([[9]]), k).hidden  # [1, 1, H]: a whole 1-token prompt
+    batched, alone = EdgeStore(model), EdgeStore(model)
+    for store in (batched, alone):
+        store.step("old", EdgeMessage(k, 0, hidden[:, :2]))
+    together = batched.step_many([("old", EdgeMessage(k, 2, hidden[:, 2:])), ("new", EdgeMessage(k, 0, one))])
+    separate = [alone.step("old", EdgeMessage(k, 2, hidden[:, 2:])), alone.step("new", EdgeMessage(k, 0, one))]
+    assert [r["token"] for r in together] == [r["token"] for r in separate]
+    assert batched.sessions["new"].session.seen == 1 and batched.sessions["old"].session.seen == 3

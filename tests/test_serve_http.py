@@ -206,9 +206,10 @@ def test_a_body_over_the_limit_is_refused_while_streaming_in_with_bounded_ingres
     grown = _ingress_rss() - before
     assert status == 413, r.text
     assert grown < 64 * 2**20, f"ingress grew by {grown / 2**20:.0f} MiB"
-    r = requests.post(service + "/v1/completions", data=b"{}", timeout=30,
-                      headers={"Content-Type": "application/json", "Content-Length": str(2**40)})
-    assert r.status_code == 413 and r.json()["error"]["param"] == "Content-Length"
+    # A declared size over the limit is refused from the header alone (the client never sends the rest).
+    r = requests.post(service + "/v1/completions", data=iter([b'{"prompt": "']), timeout=30,
+                      headers={"Content-Type": "application/json", "Content-Length": str(5 * 2**20)})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "Content-Length", r.text
 
 
 def test_health_answers_within_half_a_second_while_a_4mb_prompt_is_handled(service):
@@ -279,8 +280,9 @@ def guarded(service):
     """A second application: an API key, one stream per replica, a queue of one."""
     from ray import serve
 
-    deploy(TINY.replace(api_keys=("test-key-123456",), max_streams=1, max_queued_requests=1, queue_timeout_s=60.0,
-                        edge_min_replicas=1, edge_max_replicas=1), "guarded", "/guarded")
+    deploy(TINY.replace(api_keys=("test-key-123456",), max_streams=1, max_queued_requests=1, queue_timeout_s=120.0,
+                        max_tokens_limit=2000, max_context=2048, edge_min_replicas=1, edge_max_replicas=1),
+           "guarded", "/guarded")
     yield service + "/guarded"
     serve.delete("guarded")
 
@@ -300,14 +302,20 @@ def test_api_keys_on_and_off(service, guarded):
 
 def test_a_full_queue_answers_429_with_retry_after(guarded):
     auth = {"Authorization": "Bearer test-key-123456"}
-    long_job = {"prompt": "Keep going", "max_tokens": 120, "temperature": 0}
-    with ThreadPoolExecutor(4) as pool:
-        running = [pool.submit(post, guarded, "/v1/completions", long_job, headers_extra=auth) for _ in range(2)]
-        time.sleep(1.0)  # one runs, one waits in the queue of one
-        r = post(guarded, "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, headers_extra=auth)
+    small = {"prompt": "Hi", "max_tokens": 2}
+    running = post(guarded, "/v1/completions", {"prompt": "Keep going", "max_tokens": 2000, "temperature": 0,
+                                                "stream": True}, headers_extra=auth, stream=True)
+    assert running.status_code == 200
+    next(line for line in running.iter_lines() if line.startswith(b"data: "))  # it holds the one stream
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(post, guarded, "/v1/completions", small, headers_extra=auth)
+        time.sleep(1.0)  # it waits in the queue of one
+        r = post(guarded, "/v1/completions", small, headers_extra=auth)
         assert r.status_code == 429 and r.headers["Retry-After"] == "1", r.text
         assert r.json()["error"]["type"] == "rate_limit_error"
-        assert [f.result().status_code for f in running] == [200, 200]  # the queued one ran when the first ended
+        assert not queued.done()
+        running.close()  # the client leaves: its stream frees, the queued request runs
+        assert queued.result(timeout=120).status_code == 200
 
 
 def test_logprobs_through_the_openai_client_equal_in_process_scores(service, tiny_full):

@@ -96,7 +96,8 @@ class EdgeStore:
         return (self.model.num_layers - k) * tokens * self.bytes_per_layer_token
 
     def used_bytes(self) -> int:
-        return sum(self.cache_bytes(e.session.k, e.session.seen) for e in self.sessions.values())
+        entries = tuple(self.sessions.values())  # one atomic copy: the sweeper and metrics read from other threads
+        return sum(self.cache_bytes(e.session.k, e.session.seen) for e in entries)
 
     def step(self, request_id: str, msg: EdgeMessage) -> dict[str, Any]:
         """Consume ``msg``; returns ``{"token": id}`` or ``{"resend_from": n}`` when positions < start are missing."""
@@ -119,7 +120,7 @@ class EdgeStore:
                     replies[i] = reply
                     continue
                 taken.add(request_id)
-                if msg.hidden.shape[1] == 1 and not msg.score_ids:
+                if msg.hidden.shape[1] == 1 and not msg.score_ids and entry.session.seen > 0:  # a decode step
                     ready.setdefault(msg.k, []).append((i, entry, msg))
                 else:
                     singles.append((i, entry, msg))
@@ -271,9 +272,12 @@ class EdgeHalf:
 
     def check_health(self) -> None:
         """Serve calls this every ``health_check_period_s``: it doubles as the TTL sweeper of idle caches."""
-        self.store.sweep(blocking=False)
-        self.metrics["sessions"].set(len(self.store.sessions))
-        self.metrics["cache_bytes"].set(self.store.used_bytes())
+        try:
+            self.store.sweep(blocking=False)
+            self.metrics["sessions"].set(len(self.store.sessions))
+            self.metrics["cache_bytes"].set(self.store.used_bytes())
+        except Exception:  # noqa: BLE001 - bookkeeping must never fail the health check (Serve would restart us)
+            pass
 
     def __del__(self):
         # Scale-down or shutdown: free the caches now rather than with the process.
