@@ -510,3 +510,24 @@ def test_adaptive_by_default_on_smollm2_with_the_shipped_grid():
     assert picks[0.0] == 0  # the measured grid: k = 0 is by far the most robust split at 0 dB
     assert isinstance(make_rule(ServeConfig(model="smollm2", adaptive=False), 30), FixedRule)  # fixed only when asked
     assert isinstance(make_rule(ServeConfig(model="tiny-llama"), 4), FixedRule)  # no grid measured for it
+
+
+def test_echo_scoring_and_token_logprobs_equal_the_unsplit_model(tiny_llama: SplitModel):
+    ids = tiny_llama.tokenizer("The quick brown fox jumps over").input_ids
+    logprobs = torch.log_softmax(tiny_llama.logits(torch.tensor([ids]))[0].float(), -1)  # [T, V]
+    events = asyncio.run(_collect_with(tiny_llama, UERequest("e", ids, k=2, max_tokens=0, logprobs=3, echo=True)))
+    final = events[-1]
+    assert len(events) == 1 and final["completion_tokens"] == 0
+    scores = final["prompt_scores"]
+    np.testing.assert_allclose([s["logprob"] for s in scores], [float(logprobs[j - 1, ids[j]]) for j in range(1, len(ids))],
+                               atol=1e-5)
+    assert [t for t, _ in scores[-1]["top"]] == logprobs[-2].topk(3).indices.tolist()
+    events = asyncio.run(_collect_with(tiny_llama, UERequest("g", ids, k=1, max_tokens=2, logprobs=0)))
+    first = events[0]
+    assert first["token_id"] == int(logprobs[-1].argmax()) and first["top"] == []
+    assert first["logprob"] == pytest.approx(float(logprobs[-1].max()), abs=1e-5)
+
+
+async def _collect_with(model, req):
+    return [e async for e in split_generate(model, req, resolve_link("clean", None, "clean"), LocalEdge(model).step,
+                                            eos_ids=set())]

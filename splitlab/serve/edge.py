@@ -267,6 +267,7 @@ class EdgeHalf:
                 "evictions": self.store.evictions, "cache_bytes": self.store.used_bytes(),
                 "holds": request_id in self.store.sessions if request_id else None,
                 "batches": self.batcher.batches, "mean_batch": self.batcher.mean_batch,
+                "pending_steps": len(self.batcher.pending),
                 "min_split": self.config.min_split, "num_layers": self.model.num_layers,
                 "replica": serve.get_replica_context().replica_id.unique_id}
 

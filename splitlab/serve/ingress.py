@@ -13,6 +13,7 @@ the UE calls are cancelled, and the UE frees the edge's caches.
 """
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation.
 import asyncio
+import contextvars
 import json
 import os
 import secrets
@@ -207,7 +208,10 @@ class SplitIngress:
             ue_request = UERequest(f"{request_id}-{i}", ids, k, req.max_tokens, req.temperature, req.top_p, seed,
                                    req.stop, link.profile, link.snr_db, stream=req.stream, logprobs=req.logprobs,
                                    echo=req.echo and req.logprobs is not None)
-            streams.append(self.ue.options(stream=True).generate.remote(asdict(ue_request)))
+            # Each prompt's call in a fresh context: calls made in the HTTP request's context share its Serve
+            # request id, and the UE's edge steps of sibling prompts would then collide in Serve's router.
+            call = self.ue.options(stream=True).generate.remote
+            streams.append(contextvars.Context().run(call, asdict(ue_request)))
             prompt = req.prompts[i] if req.prompts else None
             text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
             choices.append(Choice(i, ids, text, split))
@@ -279,9 +283,9 @@ class SplitIngress:
         for choice in reply.choices:
             link = choice.link
             self.metrics["split"].observe(choice.split_info["k"], tags=tags)
-            self.metrics["bytes_up"].inc(link.get("bytes_up", 0.0), tags=tags)
-            self.metrics["bytes_down"].inc(link.get("bytes_down", 0.0), tags=tags)
             self.metrics["link_latency"].observe(link.get("link_latency_s", 0.0), tags=tags)
-            self.metrics["tokens"].inc(choice.completion_tokens, tags=tags)
-            if link.get("rebuilds"):
-                self.metrics["rebuilds"].inc(link["rebuilds"], tags=tags)
+            # Ray's counters refuse an increment of 0 (a scoring request generates no tokens).
+            for name, value in (("bytes_up", link.get("bytes_up")), ("bytes_down", link.get("bytes_down")),
+                                ("tokens", choice.completion_tokens), ("rebuilds", link.get("rebuilds"))):
+                if value:
+                    self.metrics[name].inc(value, tags=tags)
