@@ -9,7 +9,8 @@ How to run:  nice .venv/bin/python benchmarks/serve_adaptive.py [--snrs 25,10,0]
 
 Results to expect: the adaptive service picks k = 0 at every SNR (on SmolLM2 the shallowest split is
 also by far the most robust: the shipped grid has perplexity 24 -> 35 at 5 dB for k = 0 but 255+ for
-k >= 3) and answers sensibly down to 0 dB, while k = 10 degrades into garbage at 10 dB and below.
+k >= 3): "Paris" at 25 and 10 dB and fluent but wrong text at 0 dB, while k = 10 loses the answer at all
+three (at 25 dB already: French-flavoured text; at 0 dB word salad).
 Writes benchmarks/results/serve_adaptive.json.
 """
 from __future__ import annotations
