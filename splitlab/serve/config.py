@@ -81,8 +81,9 @@ class ServeConfig:
     through RLlib's pickled checkpoint. Only for files you made yourself."""
     max_batch: int = 32
     """Most requests one batched decode step takes, on the UE and on the edge."""
-    batch_wait_s: float = 0.002
-    """How long a decode step waits for the steps of other active requests to join its batch."""
+    batch_wait_s: float = 0.02
+    """How long a decode step waits for the steps of other recently active requests to join its batch (a lone
+    request never waits)."""
     edge_max_caches: int | None = None
     """KV caches per edge replica (LRU beyond). None: twice ``max_streams`` x ``ue_replicas``."""
     edge_cache_mib: float = 4096.0
