@@ -317,7 +317,8 @@ def test_a_full_queue_answers_429_with_retry_after(guarded):
     running = post(guarded, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 1000, "temperature": 0,
                                                 "split": 1, "stream": True}, headers_extra=auth, stream=True)
     assert running.status_code == 200
-    next(line for line in running.iter_lines() if line.startswith(b"data: "))  # it holds the one stream
+    lines = running.iter_lines()  # kept: a dropped line iterator would close the connection (the client leaves)
+    next(line for line in lines if line.startswith(b"data: "))  # it holds the one stream
     with ThreadPoolExecutor(1) as pool:
         queued = pool.submit(post, guarded, "/v1/completions", small, headers_extra=auth)
         time.sleep(1.0)  # it waits in the queue of one
