@@ -285,51 +285,6 @@ def test_64_concurrent_streams_are_all_correct_and_decode_in_batches(service, ti
     assert stats["mean_batch"] > 1.0  # concurrent steps really shared batches
 
 
-@pytest.fixture(scope="module")
-def guarded(service):
-    """A second application: an API key, one stream per replica, a queue of one."""
-    from ray import serve
-
-    deploy(TINY.replace(api_keys=("test-key-123456",), max_streams=1, max_queued_requests=1, queue_timeout_s=120.0,
-                        max_tokens_limit=2000, max_context=2048, edge_min_replicas=1, edge_max_replicas=1),
-           "guarded", "/guarded")
-    yield service + "/guarded"
-    serve.delete("guarded")
-
-
-def test_api_keys_on_and_off(service, guarded):
-    body = {"prompt": "Hi", "max_tokens": 2}
-    r = post(guarded, "/v1/completions", body)
-    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer wrong-key-0000"}).status_code == 401
-    assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer test-key-123456"}).status_code == 200
-    assert requests.get(guarded + "/v1/models", timeout=30).status_code == 401
-    assert requests.get(guarded + "/healthz", timeout=30).status_code == 200  # health stays open for probes
-    assert post(service, "/v1/completions", body).status_code == 200  # the keyless app
-    r = requests.get(service + "/healthz", headers={"Host": "rebinding.example"}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "Host"
-
-
-def test_a_full_queue_answers_429_with_retry_after(guarded):
-    auth = {"Authorization": "Bearer test-key-123456"}
-    small = {"prompt": "Hi", "max_tokens": 2}
-    # Greedy on this prompt never meets an eos id of the random model: the stream runs all 1000 tokens.
-    running = post(guarded, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 1000, "temperature": 0,
-                                                "split": 1, "stream": True}, headers_extra=auth, stream=True)
-    assert running.status_code == 200
-    lines = running.iter_lines()  # kept: a dropped line iterator would close the connection (the client leaves)
-    next(line for line in lines if line.startswith(b"data: "))  # it holds the one stream
-    with ThreadPoolExecutor(1) as pool:
-        queued = pool.submit(post, guarded, "/v1/completions", small, headers_extra=auth)
-        time.sleep(1.0)  # it waits in the queue of one
-        r = post(guarded, "/v1/completions", small, headers_extra=auth)
-        assert r.status_code == 429 and r.headers["Retry-After"] == "1", r.text
-        assert r.json()["error"]["type"] == "rate_limit_error"
-        assert not queued.done()
-        running.close()  # the client leaves: its stream frees, the queued request runs
-        assert queued.result(timeout=120).status_code == 200
-
-
 def test_logprobs_through_the_openai_client_equal_in_process_scores(service, tiny_full):
     openai = pytest.importorskip("openai")
     from splitlab.llm.corpora import lambada
@@ -450,6 +405,53 @@ def test_a_policy_trained_by_splitlab_train_picks_the_split(service, tmp_path):
             assert (split["chosen_by"], split["rule"], split["k"]) == ("policy", "policy", rule({"snr_db": snr}))
     finally:
         serve.delete("rl")
+
+
+# ---------------------------------------------------------------------- access and back-pressure
+@pytest.fixture(scope="module")
+def guarded(service):
+    """A second application: an API key, one stream per replica, a queue of one. Its tests come last in the
+    module: it holds CPUs until the module ends, and the SmolLM2 and trained-policy apps need them."""
+    from ray import serve
+
+    deploy(TINY.replace(replica_cpus=0.05, api_keys=("test-key-123456",), max_streams=1, max_queued_requests=1, queue_timeout_s=120.0,
+                        max_tokens_limit=2000, max_context=2048, edge_min_replicas=1, edge_max_replicas=1),
+           "guarded", "/guarded")
+    yield service + "/guarded"
+    serve.delete("guarded")
+
+
+def test_api_keys_on_and_off(service, guarded):
+    body = {"prompt": "Hi", "max_tokens": 2}
+    r = post(guarded, "/v1/completions", body)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer wrong-key-0000"}).status_code == 401
+    assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer test-key-123456"}).status_code == 200
+    assert requests.get(guarded + "/v1/models", timeout=30).status_code == 401
+    assert requests.get(guarded + "/healthz", timeout=30).status_code == 200  # health stays open for probes
+    assert post(service, "/v1/completions", body).status_code == 200  # the keyless app
+    r = requests.get(service + "/healthz", headers={"Host": "rebinding.example"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Host"
+
+
+def test_a_full_queue_answers_429_with_retry_after(guarded):
+    auth = {"Authorization": "Bearer test-key-123456"}
+    small = {"prompt": "Hi", "max_tokens": 2}
+    # Greedy on this prompt never meets an eos id of the random model: the stream runs all 1000 tokens.
+    running = post(guarded, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 1000, "temperature": 0,
+                                                "split": 1, "stream": True}, headers_extra=auth, stream=True)
+    assert running.status_code == 200
+    lines = running.iter_lines()  # kept: a dropped line iterator would close the connection (the client leaves)
+    next(line for line in lines if line.startswith(b"data: "))  # it holds the one stream
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(post, guarded, "/v1/completions", small, headers_extra=auth)
+        time.sleep(1.0)  # it waits in the queue of one
+        r = post(guarded, "/v1/completions", small, headers_extra=auth)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1", r.text
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        assert not queued.done()
+        running.close()  # the client leaves: its stream frees, the queued request runs
+        assert queued.result(timeout=120).status_code == 200
 
 
 @pytest.mark.slow
