@@ -7,22 +7,26 @@ same run and on the same wiki prompts, compares it with in-process generation (o
 - per-token latency at concurrency 1 (request wall time / generated tokens, prefill included),
   against transformers' unsplit ``model.generate`` and splitlab's in-process split ``generate``;
 - tokens per second with 8 concurrent clients, against the in-process runs one after another;
+- ``concurrency_curve``: tokens per second and per-token latency (request wall time / its tokens)
+  with 1, 2, 4, 8, 16 and 32 concurrent clients at k = 10; the halves decode concurrent requests as
+  one batch per step, so throughput grows with concurrency;
 
 each with the split fixed at k = 10 and with the policy choosing k. Policy requests carry SNRs from
 0 to 30 dB. The policy is a trained one with ``--policy RUN`` (a ``splitlab train`` run folder, e.g.
 ``runs/demo/train/demo-dyna`` after ``make demo``), which picks different splits by SNR; else the
-grid rule on ``--grid grid.json`` (from ``splitlab analyze``), or on a small grid the script measures
-first (perplexity at k in {0, 5, 10, 15} x AWGN SNR in {0, 5, 10, 20, 30} dB on 512 wiki tokens). On
-SmolLM2 that rule picks k = 0 at every SNR: the shallowest split is also the most robust one there.
+grid rule on ``--grid grid.json`` (from ``splitlab analyze``), or the service's default: the grid rule
+on the grid shipped with the package. On SmolLM2 that rule picks k = 0 at every SNR: the shallowest
+split is also the most robust one there.
 Measurements alternate between in-process and served runs so that a change in machine load hits both.
 
-How to run:  .venv/bin/python benchmarks/serve_latency.py [--tokens 32] [--prompts 8] [--rounds 2] [--grid PATH]
-             [--policy RUN] [--edge-replicas 2]
+How to run:  nice .venv/bin/python benchmarks/serve_latency.py [--tokens 32] [--prompts 8] [--rounds 2]
+             [--grid PATH] [--policy RUN] [--edge-replicas 1] [--concurrency 1,2,4,8,16,32]
 
-Results to expect: served per-token latency at concurrency 1 at most 1.5x the in-process unsplit
-generate (target), tokens/s at concurrency 8 at least 0.8x in-process sequential (target); the gap is
-about one Serve handle call per token (UE -> edge), reported as ``edge_hop_ms_per_token``. Writes
-benchmarks/results/serve_latency.json.
+Results to expect (goals): per-token latency at concurrency 1 at most 1.2x the in-process unsplit
+generate; tokens/s at concurrency 8 at least 4x in-process sequential generation. The concurrency-1
+gap is about one Serve handle call per token (UE -> edge), reported as ``edge_hop_ms_per_token``.
+Writes benchmarks/results/serve_latency.json (with the load average before and after: on a shared
+machine the ratios move with it).
 """
 from __future__ import annotations
 
@@ -31,36 +35,12 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 SNRS = [0.0, 5.0, 10.0, 20.0, 30.0]
-
-
-def measure_grid(model, path: Path, ks=(0, 5, 10, 15), snrs=(0.0, 5.0, 10.0, 20.0, 30.0)) -> dict:
-    """A small measured perplexity grid (AWGN) in ``grid.json`` format, for the policy's rule."""
-    import numpy as np
-
-    from splitlab.channel import Channel, ChannelConfig
-    from splitlab.llm.corpora import token_windows
-    from splitlab.llm.evaluation import perplexity, perplexity_grid
-
-    windows = token_windows(model.tokenizer, "wiki", 512, 128)
-    points = {(k, s): (k, Channel(ChannelConfig(kind="awgn", snr_db=s)).as_corruption(np.random.default_rng(0)))
-              for k in ks for s in snrs}
-    start = time.perf_counter()
-    ppl = perplexity_grid(model, windows, points)
-    clean = perplexity(model, windows, 0)
-    grid = {"model": "smollm2", "num_layers": model.num_layers, "hidden_size": model.hidden_size, "corpus": "wiki",
-            "tokens": int(windows.numel()), "ppl_clean": clean,
-            "rows": [{"k": k, "channel": "awgn", "param": "snr_db", "value": s, "ppl_mean": p, "seeds": 1}
-                     for (k, s), p in ppl.items()]}
-    path.write_text(json.dumps(grid))
-    return {"measured_in_s": round(time.perf_counter() - start, 1), "ppl_clean": clean,
-            "ppl": {f"k={k},snr={s:g}": round(p, 2) for (k, s), p in ppl.items()}}
 
 
 def prompts_from_wiki(tokenizer, n: int, length: int = 32) -> list[str]:
@@ -80,8 +60,11 @@ def main() -> None:
     parser.add_argument("--grid", default=None, help="grid.json for the policy (default: measure a small one)")
     parser.add_argument("--policy", default=None, help="a splitlab train run folder: serve its trained policy "
                                                        "instead of the grid rule")
-    parser.add_argument("--edge-replicas", type=int, default=2, help="edge replicas (default 2: one per core)")
+    parser.add_argument("--edge-replicas", type=int, default=1,
+                        help="edge replicas (default 1: one batch per step; the UE replica takes the other core)")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="client counts of the concurrency curve")
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
     import requests
     import torch
@@ -94,19 +77,19 @@ def main() -> None:
     torch.set_num_threads(1)  # as each replica; with two threads a busy 2-core machine only gets slower
     load_before = os.getloadavg()
     model = SplitModel.load(args.model)
-    prompts = prompts_from_wiki(model.tokenizer, args.prompts)
+    prompts = prompts_from_wiki(model.tokenizer, max(args.prompts, *levels))
     ids = [model.tokenizer(p, return_tensors="pt").input_ids for p in prompts]
-    workdir = Path(tempfile.mkdtemp(prefix="serve_latency_"))
     if args.policy:
         policy = {"policy_checkpoint": args.policy}
         policy_info = {"kind": "rllib", "path": args.policy}
     elif args.grid:
         policy = {"policy_grid": args.grid}
         policy_info = {"kind": "grid", "path": args.grid}
-    else:
-        print("measuring a small quality grid for the policy ...", flush=True)
-        policy = {"policy_grid": str(workdir / "grid.json")}
-        policy_info = {"kind": "grid", **measure_grid(model, workdir / "grid.json")}
+    else:  # the service's default: the grid rule on the grid shipped with the package
+        from splitlab.serve.policy import shipped_grid
+
+        policy = {}
+        policy_info = {"kind": "grid (shipped default)", "path": str(shipped_grid(args.model))}
 
     def hf_generate(i: int) -> tuple[float, int]:
         start = time.perf_counter()
@@ -120,7 +103,7 @@ def main() -> None:
 
     config = ServeConfig(model=args.model, replica_cpus=0.5, edge_min_replicas=args.edge_replicas,
                          edge_max_replicas=args.edge_replicas,
-                         max_streams=max(16, args.prompts), **policy)
+                         max_streams=max(16, len(prompts)), max_batch=max(16, len(prompts)), **policy)
     print("starting the service ...", flush=True)
     t0 = time.perf_counter()
     url = start_local(config, num_cpus=os.cpu_count() or 2)
@@ -145,7 +128,7 @@ def main() -> None:
         rows = {"hf_generate": [], "split_generate": [], "serve_k": [], "serve_policy": []}
         splits_k, splits_policy = [], []
         for _ in range(args.rounds):
-            for i in range(len(prompts)):
+            for i in range(args.prompts):
                 rows["hf_generate"].append(hf_generate(i))
                 wall, n, split = served(i, False)
                 rows["serve_k"].append((wall, n))
@@ -159,17 +142,33 @@ def main() -> None:
               for name, v in per_token.items()}
 
         # ---------------------------------------------------------------- concurrency 8
-        def burst(policy: bool) -> tuple[float, int]:
-            sessions = [requests.Session() for _ in prompts]
+        def burst(policy: bool, clients: int = args.prompts) -> tuple[float, int, list[float]]:
+            """``clients`` concurrent requests: wall time, tokens, and each request's ms per token."""
+            sessions = [requests.Session() for _ in range(clients)]
             start = time.perf_counter()
-            with ThreadPoolExecutor(len(prompts)) as pool:
-                results = list(pool.map(lambda i: served(i, policy, sessions[i]), range(len(prompts))))
-            return time.perf_counter() - start, sum(n for _, n, _ in results)
+            with ThreadPoolExecutor(clients) as pool:
+                results = list(pool.map(lambda i: served(i, policy, sessions[i]), range(clients)))
+            return time.perf_counter() - start, sum(n for _, n, _ in results), [w / n * 1000 for w, n, _ in results]
 
         c8_runs = {"serve_k": [], "serve_policy": []}
         for _ in range(args.rounds):
-            c8_runs["serve_k"].append(burst(False))
-            c8_runs["serve_policy"].append(burst(True))
+            c8_runs["serve_k"].append(burst(False)[:2])
+            c8_runs["serve_policy"].append(burst(True)[:2])
+
+        # ---------------------------------------------------------------- concurrency curve (k fixed)
+        curve = {}
+        for clients in levels:
+            runs = [burst(False, clients) for _ in range(args.rounds)]
+            per_token_ms = [ms for _, _, values in runs for ms in values]
+            curve[str(clients)] = {
+                "tokens_per_s": round(sum(n for _, n, _ in runs) / sum(w for w, _, _ in runs), 2),
+                "per_token_ms_median": round(statistics.median(per_token_ms), 2),
+                "per_token_ms_mean": round(statistics.fmean(per_token_ms), 2), "requests": len(per_token_ms)}
+            print(f"concurrency {clients}: {curve[str(clients)]}", flush=True)
+        from ray import serve as ray_serve
+
+        batching = {name: ray_serve.get_deployment_handle(name, "splitlab").stats.remote().result()
+                    for name in ("UEHalf", "EdgeHalf")}
         sequential = {name: sum(n for _, n in rows[name]) / sum(w for w, _ in rows[name])
                       for name in ("hf_generate", "split_generate")}
         c8 = {name: round(sum(n for _, n in runs) / sum(w for w, _ in runs), 2) for name, runs in c8_runs.items()}
@@ -212,13 +211,17 @@ def main() -> None:
                                       for snr in SNRS},
         "serve_k_breakdown_per_request": breakdown(splits_k),
         "serve_policy_breakdown_per_request": breakdown(splits_policy),
+        "concurrency_curve": curve,
+        "concurrency_curve_ratio_vs_hf_generate_sequential": {
+            c: round(v["tokens_per_s"] / sequential["hf_generate"], 3) for c, v in curve.items()},
+        "mean_decode_batch": {name: round(stats["mean_batch"], 2) for name, stats in batching.items()},
         "policy": policy_info,
-        "targets": {"concurrency_1_ratio_max": 1.5, "concurrency_8_ratio_min": 0.8},
+        "targets": {"concurrency_1_ratio_max": 1.2, "concurrency_8_ratio_min": 4.0},
     }
     result["targets_met"] = {
-        "concurrency_1": all(v <= 1.5 for v in result["concurrency_1_ratio_vs_hf_generate"].values()),
-        "concurrency_8": all(v >= 0.8 for v in result["concurrency_8_ratio_vs_hf_generate"].values()),
-        "tightest_baseline_concurrency_1": all(c1[n]["median_ms"] / tightest <= 1.5 for n in ("serve_k", "serve_policy")),
+        "concurrency_1": all(v <= 1.2 for v in result["concurrency_1_ratio_vs_hf_generate"].values()),
+        "concurrency_8": all(v >= 4.0 for v in result["concurrency_8_ratio_vs_hf_generate"].values()),
+        "tightest_baseline_concurrency_1": all(c1[n]["median_ms"] / tightest <= 1.2 for n in ("serve_k", "serve_policy")),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve_latency.json").write_text(json.dumps(result, indent=2) + "\n")

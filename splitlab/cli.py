@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -185,7 +186,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     base, deployments = (read_serve_file(args.config) if args.config else (ServeConfig(), {}))
     settings = ([("model", args.model)] if args.model else []) + list(args.set)
+    keys = list(args.api_key) or [k.strip() for k in os.environ.get("SPLITLAB_API_KEY", "").split(",") if k.strip()]
+    if keys:
+        settings.append(("api_keys", keys))
+    if args.trust_checkpoint:
+        settings.append(("trust_checkpoint", True))
     config = apply_settings(ServeConfig, base.to_dict(), settings)
+    if args.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") and args.host not in config.allowed_hosts \
+            and "*" not in config.allowed_hosts:
+        config = config.replace(allowed_hosts=[*config.allowed_hosts, args.host])  # the name it was bound as
     if args.print_config:
         from splitlab.config import to_yaml
 
@@ -249,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address of the HTTP proxy (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port of the HTTP proxy (default 8000)")
     serve.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="require Authorization: Bearer KEY (repeatable; default: $SPLITLAB_API_KEY, "
+                            "comma-separated; none: no key)")
+    serve.add_argument("--trust-checkpoint", action="store_true",
+                       help="allow a policy_checkpoint that only RLlib's pickled checkpoint can load (your own files)")
     serve.set_defaults(func=cmd_serve)
 
     analyze = sub.add_parser(

@@ -52,6 +52,26 @@ def test_entrypoint_and_project_detection(tmp_path):
 
         shutil.rmtree(stage)
     assert ".venv" in EXCLUDES and "*.db" in EXCLUDES
+    assert {".env", ".env.*", "*.env"} <= set(EXCLUDES)  # secrets never travel with a job
+
+
+def test_staged_upload_leaves_env_files_behind(tmp_path):
+    root = tmp_path / "proj"
+    (root / "splitlab").mkdir(parents=True)
+    (root / "splitlab" / "cli.py").write_text("")
+    (root / "splitlab" / ".env").write_text("SPLITLAB_API_KEY=secret")
+    (root / "tune_configs").mkdir()
+    (root / "tune_configs" / "prod.env").write_text("TOKEN=secret")
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("name: x\n")
+    stage = stage_project(root, spec)
+    try:
+        assert (stage / "splitlab" / "cli.py").is_file()
+        assert not list(stage.rglob("*.env")) and not list(stage.rglob(".env"))
+    finally:
+        import shutil
+
+        shutil.rmtree(stage)
 
 
 @pytest.fixture

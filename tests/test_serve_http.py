@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -50,9 +52,10 @@ def reference(model: SplitModel, ids: list[int], n: int) -> tuple[str, int, str]
     return model.tokenizer.decode(out, skip_special_tokens=True), len(out), finish
 
 
-def post(url: str, path: str, body, **kw) -> requests.Response:
+def post(url: str, path: str, body, headers_extra: dict | None = None, **kw) -> requests.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return requests.post(url + path, data=data, headers={"Content-Type": "application/json"}, timeout=120, **kw)
+    return requests.post(url + path, data=data, headers={"Content-Type": "application/json", **(headers_extra or {})},
+                         timeout=120, **kw)
 
 
 def sse(response: requests.Response) -> list:
@@ -140,6 +143,19 @@ BAD = [
 ]
 
 
+BAD_STATUS = [  # (raw body, content type, status, param): the issue's matrix
+    (b'{"prompt": "hi", "max_tokens": 1' + b"0" * 5000 + b"}", "application/json", 400, None),  # 5,000-digit integer
+    (b'{"prompt": ' + b"[" * 50000 + b"]" * 50000 + b"}", "application/json", 400, None),  # nested 50,000 deep
+    (b'{"prompt": "hi", "n": true}', "application/json", 400, "n"),
+    (b'{"prompt": "hi"}', "text/plain", 415, "Content-Type"),
+    (b'prompt=hi', "application/x-www-form-urlencoded", 415, "Content-Type"),
+    (b'{"prompt": "hi", "logprobs": 99}', "application/json", 400, "logprobs"),
+    (b'{"prompt": [1, 10000000]}', "application/json", 400, "prompt"),
+    (b'{"prompt": "hi", "echo": true, "stream": true}', "application/json", 400, "echo"),
+    (b'{"prompt": "x' + b"y" * (256 * 32) + b'"}', "application/json", 400, "prompt"),  # refused before tokenising
+]
+
+
 def test_bad_input_gets_a_4xx_naming_the_field_and_the_service_keeps_serving(service):
     for raw, param in BAD:
         r = post(service, "/v1/completions", raw)
@@ -148,6 +164,9 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_the_service_keeps_serving(ser
         assert error["param"] == param, (raw[:60], error)
         if param:
             assert param in error["message"]
+    for raw, kind, status, param in BAD_STATUS:
+        r = requests.post(service + "/v1/completions", data=raw, headers={"Content-Type": kind}, timeout=60)
+        assert (r.status_code, r.json()["error"]["param"]) == (status, param), (raw[:60], r.text[:300])
     r = post(service, "/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
     assert post(service, "/v1/completions", {"prompt": "still here", "max_tokens": 2}).status_code == 200
@@ -157,6 +176,65 @@ def test_models_and_health(service):
     assert requests.get(service + "/healthz", timeout=30).json()["status"] == "ok"
     model = requests.get(service + "/v1/models", timeout=30).json()["data"][0]
     assert model["id"] == "tiny-llama" and model["split_range"] == [0, 3] and "poor" in model["channel_profiles"]
+
+
+def _ingress_rss() -> int:
+    """Resident memory of the ingress replica's process (a worker of this test's own Ray), in bytes."""
+    import psutil
+
+    procs = [p for p in psutil.Process().children(recursive=True)
+             if f"ServeReplica:{APP_NAME}:SplitIngress" in " ".join(p.cmdline())]
+    assert len(procs) == 1, procs
+    return procs[0].memory_info().rss
+
+
+def test_a_body_over_the_limit_is_refused_while_streaming_in_with_bounded_ingress_memory(service):
+    before = _ingress_rss()
+    sent = []
+
+    def chunks(n=1024, size=256 * 1024):  # 256 MiB, chunked (no Content-Length)
+        for i in range(n):
+            sent.append(i)
+            yield b"[" + b" " * (size - 1)
+
+    try:
+        r = requests.post(service + "/v1/completions", data=chunks(), timeout=120,
+                          headers={"Content-Type": "application/json"})
+        status = r.status_code
+    except requests.ConnectionError:  # the service may close the connection on the rest of the body
+        status = 413
+    grown = _ingress_rss() - before
+    assert status == 413, r.text
+    assert grown < 64 * 2**20, f"ingress grew by {grown / 2**20:.0f} MiB"
+    # A declared size over the limit is refused from the header alone (the client never sends the rest).
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(service)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    conn.putrequest("POST", "/v1/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(5 * 2**20))
+    conn.endheaders()
+    conn.send(b'{"prompt": "')
+    reply = conn.getresponse()
+    assert reply.status == 413 and json.loads(reply.read())["error"]["param"] == "Content-Length"
+    conn.close()
+
+
+def test_health_answers_within_half_a_second_while_a_4mb_prompt_is_handled(service):
+    prompt = "lorem ipsum dolor sit amet " * (4_000_000 // 27)
+    with ThreadPoolExecutor(1) as pool:
+        big = pool.submit(post, service, "/v1/completions", {"prompt": prompt, "max_tokens": 2})
+        waits = []
+        while not big.done() or len(waits) < 5:
+            t0 = time.perf_counter()
+            assert requests.get(service + "/healthz", timeout=10).status_code == 200
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        r = big.result()
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert max(waits) < 0.5, waits
 
 
 # ---------------------------------------------------------------------- load, leaks, failures
@@ -185,6 +263,53 @@ def test_32_concurrent_requests_are_all_answered_correctly(service, tiny_full):
     # Every request freed its edge cache when it ended.
     time.sleep(0.5)
     assert not any(_edge_holds(r.json()["id"].split("-", 1)[1]) for r in responses[:8])
+
+
+def test_64_concurrent_streams_are_all_correct_and_decode_in_batches(service, tiny_full):
+    from ray import serve
+
+    jobs = [(PROMPTS[i % len(PROMPTS)], 4 + i % 9) for i in range(64)]
+    expected = {(p, n): reference(tiny_full, tiny_full.tokenizer(p).input_ids, n)[0] for p, n in set(jobs)}
+
+    def one(job):
+        prompt, n = job
+        events = sse(post(service, "/v1/completions", {"prompt": prompt, "max_tokens": n, "temperature": 0,
+                                                       "split": 1, "stream": True}, stream=True))
+        return "".join(e["choices"][0]["text"] for e in events[:-1]), events[-1]
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, jobs))
+    for job, (text, last) in zip(jobs, results):
+        assert last == "[DONE]" and text == expected[job], job
+    stats = serve.get_deployment_handle("UEHalf", APP_NAME).stats.remote().result()
+    assert stats["mean_batch"] > 1.0  # concurrent steps really shared batches
+
+
+def test_logprobs_through_the_openai_client_equal_in_process_scores(service, tiny_full):
+    openai = pytest.importorskip("openai")
+    from splitlab.llm.corpora import lambada
+
+    client = openai.OpenAI(base_url=service + "/v1", api_key="unused", max_retries=0)
+    items = lambada()[:4]
+    out = client.completions.create(model="tiny-llama", prompt=[it.context + it.continuation for it in items],
+                                    max_tokens=0, echo=True, logprobs=2, temperature=0, extra_body={"split": 2})
+    assert len(out.choices) == len(items)
+    for item, choice in zip(items, sorted(out.choices, key=lambda c: c.index)):
+        ids = tiny_full.tokenizer(item.context + item.continuation).input_ids
+        logprobs = torch.log_softmax(tiny_full.logits(torch.tensor([ids]))[0].float(), -1)  # [T, V]
+        expected = [float(logprobs[j - 1, ids[j]]) for j in range(1, len(ids))]
+        got = choice.logprobs.token_logprobs
+        assert got[0] is None and len(got) == len(ids)
+        np.testing.assert_allclose(got[1:], expected, atol=1e-4)
+        assert choice.text == item.context + item.continuation
+        top = choice.logprobs.top_logprobs[-1]
+        assert len(top) <= 2 and max(top.values()) == pytest.approx(float(logprobs[-2].max()), abs=1e-4)
+    # Generated tokens carry their log-probabilities too; include_usage ends a stream with the usage.
+    gen = client.completions.create(model="tiny-llama", prompt="Hello there", max_tokens=3, logprobs=1, temperature=0)
+    assert len(gen.choices[0].logprobs.token_logprobs) == gen.usage.completion_tokens
+    chunks = list(client.completions.create(model="tiny-llama", prompt="Hello", max_tokens=3, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
 
 
 @pytest.mark.parametrize("attempt", range(5))  # the release raced Serve's cancellation 3 times in 20: repeat
@@ -253,7 +378,6 @@ def test_a_policy_trained_by_splitlab_train_picks_the_split(service, tmp_path):
 
     from splitlab.platform.spec import ExperimentSpec
     from splitlab.platform.training import run_training
-    from splitlab.serve.policy import load_rllib_rule
 
     spec = ExperimentSpec.from_dict({
         "name": "served", "mode": "dyna", "out": str(tmp_path), "tracking": {"enabled": False},
@@ -264,19 +388,70 @@ def test_a_policy_trained_by_splitlab_train_picks_the_split(service, tmp_path):
         "surrogate": {"epochs": 100}, "dyna": {"initial_evals": 6, "evals_per_iter": 2, "budget": 10},
         "evaluation": {"episodes": 2, "baselines": False}})
     policy = run_training(spec, log=None).files["policy"]  # on the service's Ray
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from splitlab.serve.policy import export_policy, load_policy_rule
+    export_policy(RLModule.from_checkpoint(Path(policy).resolve()), Path(policy).parent)  # what training should do
     # No max_split: the service widens its range (2 by default here) to the policy's deepest split, 3.
     deploy(ServeConfig(model="tiny-llama", policy_checkpoint=policy, replica_cpus=0.25, edge_max_replicas=1),
            "rl", "/rl")
     try:
         assert requests.get(service + "/rl/v1/models", timeout=30).json()["data"][0]["split_range"] == [0, 3]
-        rule = load_rllib_rule(policy, num_layers=4)
+        rule = load_policy_rule(policy, num_layers=4)
         for snr in (-3.0, 8.0, 25.0):
             r = post(service, "/rl/v1/completions", {"prompt": "Hello", "max_tokens": 2, "snr_db": snr})
             assert r.status_code == 200, r.text
             split = r.json()["split"]
-            assert (split["chosen_by"], split["rule"], split["k"]) == ("policy", "rllib", rule({"snr_db": snr}))
+            assert (split["chosen_by"], split["rule"], split["k"]) == ("policy", "policy", rule({"snr_db": snr}))
     finally:
         serve.delete("rl")
+
+
+# ---------------------------------------------------------------------- access and back-pressure
+@pytest.fixture(scope="module")
+def guarded(service):
+    """A second application: an API key, one stream per replica, a queue of one. Its tests come last in the
+    module: it holds CPUs until the module ends, and the SmolLM2 and trained-policy apps need them."""
+    from ray import serve
+
+    deploy(TINY.replace(replica_cpus=0.05, api_keys=("test-key-123456",), max_streams=1, max_queued_requests=1, queue_timeout_s=120.0,
+                        max_tokens_limit=2000, max_context=2048, edge_min_replicas=1, edge_max_replicas=1),
+           "guarded", "/guarded")
+    yield service + "/guarded"
+    serve.delete("guarded")
+
+
+def test_api_keys_on_and_off(service, guarded):
+    body = {"prompt": "Hi", "max_tokens": 2}
+    r = post(guarded, "/v1/completions", body)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer wrong-key-0000"}).status_code == 401
+    assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer test-key-123456"}).status_code == 200
+    assert requests.get(guarded + "/v1/models", timeout=30).status_code == 401
+    assert requests.get(guarded + "/healthz", timeout=30).status_code == 200  # health stays open for probes
+    assert post(service, "/v1/completions", body).status_code == 200  # the keyless app
+    r = requests.get(service + "/healthz", headers={"Host": "rebinding.example"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Host"
+
+
+def test_a_full_queue_answers_429_with_retry_after(guarded):
+    auth = {"Authorization": "Bearer test-key-123456"}
+    small = {"prompt": "Hi", "max_tokens": 2}
+    # Greedy on this prompt never meets an eos id of the random model: the stream runs all 1000 tokens.
+    running = post(guarded, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 1000, "temperature": 0,
+                                                "split": 1, "stream": True}, headers_extra=auth, stream=True)
+    assert running.status_code == 200
+    lines = running.iter_lines()  # kept: a dropped line iterator would close the connection (the client leaves)
+    next(line for line in lines if line.startswith(b"data: "))  # it holds the one stream
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(post, guarded, "/v1/completions", small, headers_extra=auth)
+        time.sleep(1.0)  # it waits in the queue of one
+        r = post(guarded, "/v1/completions", small, headers_extra=auth)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1", r.text
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        assert not queued.done()
+        running.close()  # the client leaves: its stream frees, the queued request runs
+        assert queued.result(timeout=120).status_code == 200
 
 
 @pytest.mark.slow

@@ -15,13 +15,31 @@ from splitlab.llm import SplitModel
 from splitlab.llm.generation import generate
 from splitlab.serve.config import ServeConfig
 from splitlab.serve.edge import EdgeMessage, EdgeStore
-from splitlab.serve.policy import FixedRule, GridRule, fit_split_range, load_rllib_rule, make_rule
+from splitlab.serve.policy import (
+    FixedRule,
+    GridRule,
+    export_policy,
+    fit_split_range,
+    load_policy_rule,
+    load_rllib_rule,
+    make_rule,
+)
 from splitlab.serve.profiles import CHANNEL_PROFILES, resolve_link
-from splitlab.serve.protocol import Limits, RequestError, check_context, parse_body, parse_chat, parse_completion
+from splitlab.serve.admission import Admission, Gate, Overloaded
+from splitlab.serve.protocol import (
+    Limits,
+    RequestError,
+    check_content_type,
+    check_context,
+    parse_body,
+    parse_chat,
+    parse_completion,
+    read_body,
+)
 from splitlab.serve.text import TextAssembler
 from splitlab.serve.ue import EdgeUnavailable, UERequest, split_generate
 
-LIMITS = Limits("tiny-llama", 0, 2, 64, 128)
+LIMITS = Limits("tiny-llama", 0, 2, 64, 128, vocab_size=1000)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,7 +85,20 @@ BAD_BODIES = [
     (b'{"max_tokens": 4}', "prompt", 400),
     (b'{"prompt": ""}', "prompt", 400),
     (b'{"prompt": 42}', "prompt", 400),
-    (b'{"prompt": ["a", "b"]}', "prompt", 400),
+    (b'{"prompt": ["a", 7]}', "prompt[1]", 400),
+    (b'{"prompt": []}', "prompt", 400),
+    (b'{"prompt": [[1, 2], []]}', "prompt[1]", 400),
+    (b'{"prompt": [1, 999999]}', "prompt", 400),
+    (b'{"prompt": "hi", "max_tokens": 1' + b"0" * 5000 + b'}', None, 400),
+    (b'{"prompt": ' + b"[" * 50000 + b"]" * 50000 + b'}', None, 400),
+    (b'{"prompt": "hi", "n": true}', "n", 400),
+    (b'{"prompt": "hi", "n": 1.0}', "n", 400),
+    (b'{"prompt": "hi", "logprobs": 21}', "logprobs", 400),
+    (b'{"prompt": "hi", "logprobs": true}', "logprobs", 400),
+    (b'{"prompt": "hi", "echo": 1}', "echo", 400),
+    (b'{"prompt": "hi", "stream_options": {"include_usage": true}}', "stream_options", 400),
+    (b'{"prompt": "hi", "stream": true, "stream_options": {"include_usage": "yes"}}', "stream_options.include_usage", 400),
+    (b'{"prompt": "hi", "best_of": 3}', "best_of", 400),
     (b'{"prompt": "\\ud800"}', "prompt", 400),
     (b'{"prompt": "hi", "max_tokens": 0}', "max_tokens", 400),
     (b'{"prompt": "hi", "max_tokens": 65}', "max_tokens", 400),
@@ -89,7 +120,7 @@ BAD_BODIES = [
     (b'{"prompt": "hi", "snr_db": 500}', "snr_db", 400),
     (b'{"prompt": "hi", "snr_db": "10"}', "snr_db", 400),
     (b'{"prompt": "hi", "n": 2}', "n", 400),
-    (b'{"prompt": "hi", "echo": true}', "echo", 400),
+    (b'{"prompt": "x", "max_tokens": 0, "echo": false}', "max_tokens", 400),
     (b'{"prompt": "hi", "seed": 1.5}', "seed", 400),
     (b'{"prompt": "hi", "model": "gpt-4"}', "model", 404),
 ]
@@ -128,6 +159,82 @@ def test_good_requests_parse_with_openai_defaults():
     with pytest.raises(RequestError, match="exceeds the context of 128 tokens") as info:
         check_context(120, req, LIMITS)
     assert info.value.param == "prompt"
+
+
+def test_evaluation_requests_parse_prompt_lists_logprobs_and_echo():
+    req = parse_completion({"prompt": ["a b", [1, 2, 3]], "max_tokens": 0, "echo": True, "logprobs": 5}, LIMITS)
+    assert (req.prompts, req.max_tokens, req.echo, req.logprobs) == (["a b", [1, 2, 3]], 0, True, 5)
+    assert parse_completion({"prompt": [4, 5]}, LIMITS).prompts == [[4, 5]]  # one prompt of token ids
+    stream = parse_completion({"prompt": "x", "stream": True, "stream_options": {"include_usage": True}}, LIMITS)
+    assert stream.include_usage and parse_completion({"prompt": "x"}, LIMITS).logprobs is None
+    with pytest.raises(RequestError, match="cannot fit the context") as info:
+        parse_completion({"prompt": "x" * (128 * 32 + 1)}, LIMITS)  # refused without tokenising
+    assert info.value.param == "prompt"
+    with pytest.raises(RequestError) as info:
+        parse_chat({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, LIMITS)
+    assert info.value.param == "logprobs"
+
+
+def test_content_type_and_body_size_are_checked_before_the_body_is_read():
+    check_content_type("application/json; charset=utf-8")
+    for bad in (None, "text/plain", "application/x-www-form-urlencoded"):
+        with pytest.raises(RequestError) as info:
+            check_content_type(bad)
+        assert (info.value.status, info.value.param) == (415, "Content-Type")
+    pulled = []
+
+    async def chunks(n=10_000, size=64 * 1024):  # a 640 MB chunked body, never materialised
+        for i in range(n):
+            pulled.append(i)
+            yield b"x" * size
+
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(chunks(), None, limit=1024 * 1024))
+    assert info.value.status == 413 and len(pulled) == 17  # stopped at the first chunk over 1 MiB
+    pulled.clear()
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(chunks(), str(10**12), limit=1024 * 1024))
+    assert info.value.status == 413 and not pulled  # Content-Length: refused before a byte is read
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(chunks(), "-5", limit=1024))
+    assert info.value.param == "Content-Length"
+    assert asyncio.run(read_body(chunks(2, 10), "20", limit=1024)) == b"x" * 20
+
+
+def test_gate_checks_keys_in_constant_time_and_hosts():
+    gate = Gate(["key-one-123", "key-two-456"], ["127.0.0.1", "localhost", "::1"])
+    gate.check_key("Bearer key-two-456")
+    for bad in (None, "", "Bearer nope", "key-one-123", "Basic key-one-123"):
+        with pytest.raises(RequestError) as info:
+            gate.check_key(bad)
+        assert (info.value.status, info.value.body()["error"]["type"]) == (401, "authentication_error")
+    Gate([], ["localhost"]).check_key(None)  # no keys configured: open
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:80", "LOCALHOST:1"):
+        gate.check_host(host)
+    for host in ("evil.example:8000", None, "127.0.0.2"):
+        with pytest.raises(RequestError) as info:
+            gate.check_host(host)
+        assert (info.value.status, info.value.param) == (400, "Host")
+    Gate([], ["*"]).check_host("anything")
+
+
+def test_admission_queues_then_refuses_with_429_and_times_out_with_503():
+    async def scenario():
+        gate = Admission(capacity=2, max_queued=1, timeout_s=0.2)
+        await gate.acquire(2)
+        waiter = asyncio.create_task(gate.acquire(1))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as full:
+            await gate.acquire(1)
+        await gate.release(1)  # the waiter gets the freed stream
+        await asyncio.wait_for(waiter, 1)
+        with pytest.raises(Overloaded) as late:
+            await gate.acquire(1)  # queue has room, but nothing frees within 0.2 s
+        return full.value, late.value, gate.running
+
+    full, late, running = asyncio.run(scenario())
+    assert (full.status, late.status, running) == (429, 503, 2)
+    assert full.headers == {"Retry-After": "1"} and full.body()["error"]["type"] == "rate_limit_error"
 
 
 def test_link_resolution():
@@ -219,6 +326,39 @@ def test_rllib_rule_loads_a_train_run_and_refuses_what_it_cannot_serve(tmp_path,
     assert fit_split_range(ServeConfig(model="tiny-llama", policy_checkpoint=str(run)), 4).max_split == 3
     with pytest.raises(ValueError, match=r"may choose splits \[3\] outside .*max_split=2"):
         fit_split_range(ServeConfig(model="tiny-llama", max_split=2, policy_checkpoint=str(run)), 4)
+
+
+def test_served_policies_are_weights_and_json_and_pickled_checkpoints_are_refused(tmp_path):
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    run = _policy_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="only RLlib's checkpoint.*unpickling.*--trust-checkpoint"):
+        load_policy_rule(run, num_layers=4)
+    with pytest.raises(ValueError, match="--trust-checkpoint"):
+        make_rule(ServeConfig(model="tiny-llama", max_split=3, policy_checkpoint=str(run)), 4)
+    assert load_policy_rule(run, num_layers=4, trust_checkpoint=True).name == "rllib"  # the operator's own file
+
+    module = RLModule.from_checkpoint((run / "policy").resolve())
+    export_policy(module, run)
+    rule, trusted = load_policy_rule(run, num_layers=4), load_rllib_rule(run, num_layers=4)
+    assert rule.name == "policy" and json.loads((run / "policy_net.json").read_text())["layers"][1] == {"activation": "tanh"}
+    snrs = np.linspace(-10, 40, 41)
+    assert [rule({"snr_db": x}) for x in snrs] == [trusted({"snr_db": x}) for x in snrs]
+    obs = rule.observation({"snr_db": 12.0})
+    import torch as th
+    from ray.rllib.core.columns import Columns
+    expected = module.forward_inference({Columns.OBS: th.as_tensor(obs[None], dtype=th.float32)})[Columns.ACTION_DIST_INPUTS]
+    np.testing.assert_allclose(rule.logits(obs), expected[0].detach().numpy(), atol=1e-5)
+
+    # numpy weights load with allow_pickle=False: an object array (a pickle inside) is refused.
+    from safetensors.numpy import load_file
+    tensors = load_file(str(run / "policy.safetensors"))
+    (run / "policy.safetensors").unlink()
+    np.savez(run / "policy.npz", **tensors)
+    assert [load_policy_rule(run, 4)({"snr_db": x}) for x in snrs[:5]] == [trusted({"snr_db": x}) for x in snrs[:5]]
+    np.savez(run / "policy.npz", **{**tensors, "linear0.weight": np.array([{"evil": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="pickle"):
+        load_policy_rule(run, 4)({"snr_db": 1.0})
 
 
 # ---------------------------------------------------------------------- the token loop
@@ -345,3 +485,49 @@ def test_app_builder_takes_serve_run_args_and_checks_them_against_the_model():
         build({"model": "tiny-llama", "max_split": "9"})
     with pytest.raises(ValueError, match="unknown serve config keys"):
         build({"modle": "tiny-llama"})
+
+
+def test_grafana_dashboard_plots_only_metrics_the_service_exports():
+    import re
+    from pathlib import Path
+
+    from splitlab.serve import metrics as metrics_module
+
+    source = Path(metrics_module.__file__).read_text()
+    defined = set(re.findall(r'"(splitlab_\w+)"', source))
+    dashboard = json.loads((Path(__file__).parents[1] / "cluster/grafana/splitlab_dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(total|bucket|sum|count)$", "", name) for e in exprs for name in re.findall(r"ray_(splitlab_\w+)", e)}
+    assert used and used <= defined, used - defined
+    assert {"splitlab_requests", "splitlab_split_k", "splitlab_edge_batch_size"} <= used
+
+
+def test_adaptive_by_default_on_smollm2_with_the_shipped_grid():
+    rule = make_rule(ServeConfig(model="smollm2"), 30)
+    assert isinstance(rule, GridRule) and rule.name == "grid"
+    picks = {snr: rule({"snr_db": snr, "kind": "awgn"}) for snr in (25.0, 10.0, 0.0)}
+    assert all(0 <= k <= 15 for k in picks.values())
+    assert picks[0.0] == 0  # the measured grid: k = 0 is by far the most robust split at 0 dB
+    assert isinstance(make_rule(ServeConfig(model="smollm2", adaptive=False), 30), FixedRule)  # fixed only when asked
+    assert isinstance(make_rule(ServeConfig(model="tiny-llama"), 4), FixedRule)  # no grid measured for it
+
+
+def test_echo_scoring_and_token_logprobs_equal_the_unsplit_model(tiny_llama: SplitModel):
+    ids = tiny_llama.tokenizer("The quick brown fox jumps over").input_ids
+    logprobs = torch.log_softmax(tiny_llama.logits(torch.tensor([ids]))[0].float(), -1)  # [T, V]
+    events = asyncio.run(_collect_with(tiny_llama, UERequest("e", ids, k=2, max_tokens=0, logprobs=3, echo=True)))
+    final = events[-1]
+    assert len(events) == 1 and final["completion_tokens"] == 0
+    scores = final["prompt_scores"]
+    np.testing.assert_allclose([s["logprob"] for s in scores], [float(logprobs[j - 1, ids[j]]) for j in range(1, len(ids))],
+                               atol=1e-5)
+    assert [t for t, _ in scores[-1]["top"]] == logprobs[-2].topk(3).indices.tolist()
+    events = asyncio.run(_collect_with(tiny_llama, UERequest("g", ids, k=1, max_tokens=2, logprobs=0)))
+    first = events[0]
+    assert first["token_id"] == int(logprobs[-1].argmax()) and first["top"] == []
+    assert first["logprob"] == pytest.approx(float(logprobs[-1].max()), abs=1e-5)
+
+
+async def _collect_with(model, req):
+    return [e async for e in split_generate(model, req, resolve_link("clean", None, "clean"), LocalEdge(model).step,
+                                            eos_ids=set())]

@@ -112,11 +112,12 @@ class EdgeSession:
         self.cache = model.new_cache()
         self.seen = 0
 
-    def consume(self, act: Activation) -> torch.Tensor:
-        """Run the tail over received activations; returns next-token logits [V] of the last position."""
+    def consume(self, act: Activation, every_position: bool = False) -> torch.Tensor:
+        """Run the tail over received activations; returns next-token logits [V] of the last position
+        (``every_position``: of every received position, [T, V], for scoring a prompt)."""
         logits = self.model.tail(act, self.k, cache=self.cache)  # [1, T, V]
         self.seen += act.hidden.shape[1]
-        return logits[0, -1]
+        return logits[0] if every_position else logits[0, -1]
 
     def give_layers(self, k_to: int, by: MigrationMode) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Move the split up to ``k_to``: drop layers k..k_to-1, returning their KV when it is to be sent."""

@@ -26,8 +26,9 @@ from urllib.parse import urlparse
 import yaml
 
 EXCLUDES = [".git", ".venv", "runs/", "mlruns/", "mlartifacts/", "*.db", ".pytest_cache/", "benchmarks/results/",
-            "**/__pycache__/", "*.egg-info/"]
-"""Never uploaded with the working directory (Ray also skips what .gitignore lists)."""
+            "**/__pycache__/", "*.egg-info/", ".env", ".env.*", "*.env", "**/.env", "**/.env.*"]
+"""Never uploaded with the working directory (Ray also skips what .gitignore lists); ``.env`` files hold
+secrets (API keys, tokens) and stay on the submitting machine."""
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -61,7 +62,7 @@ def stage_project(root: Path, spec_path: Path) -> Path:
     import tempfile
 
     stage = Path(tempfile.mkdtemp(prefix="splitlab-submit-"))
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".env", ".env.*", "*.env")  # secrets stay
     for name in STAGED:
         src = root / name
         if src.is_dir():

@@ -191,6 +191,7 @@ class TrainingRun:
     def _finish(self) -> TrainResult:
         from splitlab.mbrl import evaluation as ev
         from splitlab.mbrl.agents import policy_module
+        from splitlab.serve.policy import export_policy
 
         spec, run_dir = self.spec, self.run_dir
         self._say(f"evaluating on {spec.evaluation.episodes} held-out episodes against the baselines")
@@ -205,8 +206,10 @@ class TrainingRun:
                                                            spec.name))}
         policy_dir = run_dir / "policy"
         shutil.rmtree(policy_dir, ignore_errors=True)
-        policy_module(self.algo, spec.env_kind).save_to_path(str(policy_dir.resolve()))
+        module = policy_module(self.algo, spec.env_kind)
+        module.save_to_path(str(policy_dir.resolve()))
         write_policy_info(spec, self.evaluation.env, run_dir / "policy.json")
+        files["policy_weights"] = str(export_policy(module, run_dir))  # what `splitlab serve` loads, no pickle
         files["policy"] = str(policy_dir)
         files.update(self.mode.write_outputs())
         surrogate = self.mode.surrogate

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from splitlab.config import (
     Bool,
     ConfigModel,
+    Int,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -89,7 +90,43 @@ class ServeConfig(ConfigModel):
     edge_retry_s: PositiveFloat = 60.0
     """How long the UE keeps retrying an edge that died or is restarting before failing."""
     health_check_period_s: PositiveFloat = 2.0
-    """Serve health-check period of the halves (how fast a dead replica is replaced)."""
+    """Serve health-check period of the halves (how fast a dead replica is replaced); also how often
+    the edge sweeps caches idle longer than ``session_ttl_s``."""
+    adaptive: Bool = True
+    """With neither ``policy_grid`` nor ``policy_checkpoint``: pick k per request with the measured grid
+    shipped for the model (SmolLM2); False, or a model without a shipped grid: ``default_split``."""
+    trust_checkpoint: Bool = False
+    """Allow a ``policy_checkpoint`` without the safe export (``policy.safetensors`` + JSON), loaded
+    through RLlib's pickled checkpoint. Only for files you made yourself."""
+    max_batch: PositiveInt = 32
+    """Most requests one batched decode step takes, on the UE and on the edge."""
+    batch_wait_s: NonNegativeFloat = 0.02
+    """How long a decode step waits for the steps of other recently active requests to join its batch (a lone
+    request never waits)."""
+    edge_max_caches: PositiveInt | None = None
+    """KV caches per edge replica (LRU beyond). None: twice ``max_streams`` x ``ue_replicas``."""
+    edge_cache_mib: PositiveFloat = 4096.0
+    """Memory for KV caches per edge replica; a new request reserves its cache at its full context."""
+    max_queued_requests: NonNegativeInt = 64
+    """Requests that may wait for a free stream (per ingress replica); beyond: 429 with Retry-After."""
+    queue_timeout_s: PositiveFloat = 30.0
+    """Longest wait for a free stream; then 503 with Retry-After."""
+    request_timeout_s: PositiveFloat = 600.0
+    """Deadline of one request from arrival to its last token (then 504, or an error event in a stream)."""
+    max_body_bytes: Annotated[Int, Field(ge=1024)] = 4 * 1024 * 1024
+    """Largest request body (Content-Length or streamed); beyond: 413, before the body is read whole."""
+    api_keys: tuple[Annotated[Str, Field(min_length=8)], ...] = ()
+    """Accepted API keys (``Authorization: Bearer KEY``, at least 8 characters each); empty: no key needed.
+    ``splitlab serve`` also reads ``--api-key`` and ``$SPLITLAB_API_KEY`` (comma-separated)."""
+    allowed_hosts: Annotated[tuple[Annotated[Str, Field(min_length=1)], ...], Field(min_length=1)] = \
+        ("127.0.0.1", "localhost", "::1")
+    """Host header names the ingress answers (port ignored; ``*``: any); others get 400."""
+
+    @field_validator("api_keys", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # `serve run app:build api_keys=a,b` and --set pass one string
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _ordered(self) -> ServeConfig:

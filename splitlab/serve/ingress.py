@@ -3,22 +3,31 @@
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both stream with ``"stream": true``
 as server-sent events ending in ``data: [DONE]``), ``GET /v1/models``, ``GET /healthz``.
 
-Per request the ingress validates and tokenises (4xx naming the field on bad input), asks the policy
-for k unless the request fixes ``split``, and streams the UE half's events back. When the client goes
-away the UE call is cancelled, and the UE frees the edge's cache for the request.
+Per request the ingress checks, before any work: the Host header and the API key
+(:class:`~splitlab.serve.admission.Gate`), the content type (415), the body size (413, from
+Content-Length or counted while streaming in), then parses and validates the body (4xx naming the
+field), tokenises on a worker thread (after a cheap length bound), takes a stream slot (429/503
+with Retry-After when the queue is full), asks the policy for k unless the request fixes ``split``,
+and streams the UE half's events back under a per-request deadline (504). When the client goes away
+the UE calls are cancelled, and the UE frees the edge's caches.
 """
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation.
+import asyncio
+import contextvars
 import json
+import os
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from splitlab.serve.admission import Admission, Gate, Overloaded
 from splitlab.serve.config import ServeConfig, model_facts
 from splitlab.serve.metrics import ingress_metrics
 from splitlab.serve.profiles import profile_summary, resolve_link
@@ -26,83 +35,22 @@ from splitlab.serve.protocol import (
     GenerationRequest,
     Limits,
     RequestError,
+    check_content_type,
     check_context,
     parse_body,
     parse_chat,
     parse_completion,
+    read_body,
 )
+from splitlab.serve.responses import Choice, Reply
 from splitlab.serve.ue import UERequest
 
 app = FastAPI(title="splitlab split inference",
               description="OpenAI-style completions, generated across a UE half and an edge half over a "
                           "simulated wireless link.")
 
-
-class _Reply:
-    """Builds the OpenAI-shaped response (whole or as chunks) from the UE's events."""
-
-    def __init__(self, req: GenerationRequest, request_id: str, model: str, prompt_tokens: int, split: dict):
-        self.req, self.model, self.prompt_tokens, self.split = req, model, prompt_tokens, split
-        self.chat = req.kind == "chat"
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
-        self.created = int(time.time())
-        self.text = ""
-        self.finish_reason: str | None = None
-        self.completion_tokens = 0
-        self.link: dict[str, float] = {}
-        self.done = False
-
-    def add(self, event: dict) -> str:
-        """Take one UE event; returns its new text."""
-        self.text += event["text"]
-        if "finish_reason" in event:
-            self.finish_reason = event["finish_reason"]
-            self.completion_tokens = event["completion_tokens"]
-            self.link = event["link"]
-            self.done = True
-        return event["text"]
-
-    def _usage(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
-
-    def _split(self) -> dict:
-        link = self.link
-        return {**self.split, "bytes_up": link.get("bytes_up"), "bytes_down": link.get("bytes_down"),
-                "link_latency_s": link.get("link_latency_s"), "uplink_s": link.get("uplink_s"),
-                "downlink_s": link.get("downlink_s"), "vectors_up": link.get("vectors_up"),
-                "edge_rebuilds": link.get("rebuilds"), "resent_vectors": link.get("resent_vectors"),
-                "edge_retries": link.get("edge_retries"), "ue_compute_s": link.get("ue_compute_s"),
-                "edge_wait_s": link.get("edge_wait_s"), "edge_compute_s": link.get("edge_compute_s")}
-
-    def _head(self, chunk: bool) -> dict:
-        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def full(self) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": self.text},
-                      "finish_reason": self.finish_reason}
-        else:
-            choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": self.finish_reason}
-        return {**self._head(False), "choices": [choice], "usage": self._usage(), "split": self._split()}
-
-    def first_chunk(self) -> dict | None:
-        if not self.chat:
-            return None
-        return {**self._head(True), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "finish_reason": None}]}
-
-    def chunk(self, delta: str) -> dict:
-        finish = self.finish_reason if self.done else None
-        if self.chat:
-            choice = {"index": 0, "delta": {"content": delta} if delta else {}, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-        out = {**self._head(True), "choices": [choice]}
-        if self.done:
-            out["usage"], out["split"] = self._usage(), self._split()
-        return out
+API_KEY_ENV = "SPLITLAB_API_KEY"
+"""Environment variable with the accepted API keys (comma-separated), read where the config names none."""
 
 
 def _sse(payload: dict) -> str:
@@ -112,6 +60,16 @@ def _sse(payload: dict) -> str:
 def _reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[-1][:300] if text else type(err).__name__
+
+
+def _error(err: RequestError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=getattr(err, "headers", None))
+
+
+def _server_error(message: str, status: int = 503) -> JSONResponse:
+    kind = "timeout" if status == 504 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status)
 
 
 @serve.deployment(name="SplitIngress")
@@ -129,18 +87,33 @@ class SplitIngress:
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(self.config.model), local_files_only=True)
         low, high = self.config.split_range(self.facts.num_layers)
         context = min(self.config.max_context or self.facts.max_positions, self.facts.max_positions)
-        self.limits = Limits(self.config.model, low, high, self.config.max_tokens_limit, context)
+        streams = self.config.max_streams * self.config.ue_replicas
+        self.limits = Limits(self.config.model, low, high, self.config.max_tokens_limit, context,
+                             vocab_size=len(self.tokenizer), max_prompts=min(16, streams))
+        keys = self.config.api_keys or tuple(k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip())
+        self.gate = Gate(keys, self.config.allowed_hosts)
+        self.admission = Admission(streams, self.config.max_queued_requests, self.config.queue_timeout_s)
+        # Tokenising a long prompt takes seconds: never on the event loop that answers everyone else.
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
         self.ue, self.policy = ue, policy
         self.metrics = ingress_metrics(self.facts.num_layers)
         self.started = int(time.time())
 
     # ------------------------------------------------------------------ small routes
     @app.get("/healthz")
-    async def healthz(self) -> dict:
+    async def healthz(self, request: Request):
+        try:
+            self.gate.check_host(request.headers.get("host"))
+        except RequestError as err:
+            return _error(err)
         return {"status": "ok", "model": self.config.model}
 
     @app.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self, request: Request):
+        try:
+            self._check_access(request)
+        except RequestError as err:
+            return _error(err)
         return {"object": "list", "data": [{
             "id": self.config.model, "object": "model", "created": self.started, "owned_by": "splitlab",
             "num_layers": self.facts.num_layers, "hidden_size": self.facts.hidden_size,
@@ -158,86 +131,161 @@ class SplitIngress:
     async def chat_completions(self, request: Request):
         return await self._generate(request, "/v1/chat/completions")
 
+    def _check_access(self, request: Request) -> None:
+        self.gate.check_host(request.headers.get("host"))
+        self.gate.check_key(request.headers.get("authorization"))
+
+    async def _parse(self, request: Request, route: str) -> tuple[GenerationRequest, list[list[int]]]:
+        """Checks in order of cost; returns the request and each prompt's token ids."""
+        self._check_access(request)
+        check_content_type(request.headers.get("content-type"))
+        raw = await read_body(request.stream(), request.headers.get("content-length"), self.config.max_body_bytes)
+        body = parse_body(raw, self.config.max_body_bytes)
+        chat = route.endswith("chat/completions")
+        req = parse_chat(body, self.limits) if chat else parse_completion(body, self.limits)
+        if req.echo and req.stream:
+            raise RequestError("echo is supported without stream only", "echo")
+        all_ids = await asyncio.get_running_loop().run_in_executor(self.pool, self._tokenize, req)
+        for i, ids in enumerate(all_ids):
+            param = "messages" if chat else ("prompt" if len(all_ids) == 1 else f"prompt[{i}]")
+            check_context(len(ids), req, self.limits, param)
+        return req, all_ids
+
     async def _generate(self, request: Request, route: str):
         started = time.perf_counter()
+        deadline = time.monotonic() + self.config.request_timeout_s
         try:
-            body = parse_body(await request.body())
-            req = parse_chat(body, self.limits) if route.endswith("chat/completions") else parse_completion(body, self.limits)
-            prompt_ids = self._tokenize(req)
-            check_context(len(prompt_ids), req, self.limits)
+            req, all_ids = await self._parse(request, route)
+            await self.admission.acquire(len(all_ids))
         except RequestError as err:
-            self.metrics["rejected"].inc(tags={"route": route, "param": err.param or "body"})
-            return JSONResponse(err.body(), status_code=err.status)
+            tag = "busy" if isinstance(err, Overloaded) else (err.param or "body")
+            self.metrics["rejected"].inc(tags={"route": route, "param": tag})
+            return _error(err)
+        try:
+            reply, streams, tags = await self._start(req, all_ids, route)
+        except BaseException:
+            await self.admission.release(len(all_ids))
+            raise
+        if req.stream:
+            return StreamingResponse(self._stream(streams, reply, tags, started, deadline),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self._consume(events, choice)
+                                                    for events, choice in zip(streams, reply.choices))),
+                                   max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            self.metrics["failed"].inc(tags={"route": route})
+            return _server_error(f"request deadline of {self.config.request_timeout_s:g} s passed "
+                                 f"(request_timeout_s)", 504)
+        except Exception as err:  # noqa: BLE001 - any failure inside the service is a 503 for the client
+            self.metrics["failed"].inc(tags={"route": route})
+            return _server_error(f"generation failed: {_reason(err)}")
+        finally:
+            for events, choice in zip(streams, reply.choices):
+                if not choice.done:
+                    events.cancel()  # client gone, deadline or failure: stop the UE, which frees the edge cache
+            await self.admission.release(len(all_ids))
+        self._record(reply, tags, started)
+        return reply.full()
 
+    async def _start(self, req: GenerationRequest, all_ids: list[list[int]], route: str):
+        """Pick k (once: every prompt of a request shares its link) and start one UE stream per prompt."""
         link = resolve_link(req.channel_profile, req.snr_db, self.config.default_profile)
         if req.split is not None:
             k, chosen_by, rule = req.split, "request", None
         else:
             features = {"snr_db": link.snr_db, "profile": link.profile, "kind": link.config.kind,
-                        "fading": link.config.fading, "prompt_tokens": len(prompt_ids), "max_tokens": req.max_tokens}
+                        "fading": link.config.fading, "prompt_tokens": max(map(len, all_ids)),
+                        "max_tokens": req.max_tokens}
             decision = await self.policy.choose.remote(features)
             k, chosen_by, rule = decision["k"], "policy", decision["rule"]
         request_id = uuid.uuid4().hex
-        seed = secrets.randbits(63) if req.seed is None else req.seed % (2**63)
-        ue_request = UERequest(request_id, prompt_ids, k, req.max_tokens, req.temperature, req.top_p, seed,
-                               req.stop, link.profile, link.snr_db, stream=req.stream)
-        events = self.ue.options(stream=True).generate.remote(asdict(ue_request))
-        reply = _Reply(req, request_id, self.config.model, len(prompt_ids), {
-            "k": k, "chosen_by": chosen_by, "rule": rule, "num_layers": self.facts.num_layers,
-            "channel_profile": link.profile, "channel_kind": link.config.kind, "snr_db": link.snr_db})
-        tags = {"route": route, "profile": link.profile, "chosen_by": chosen_by}
-        if req.stream:
-            return StreamingResponse(self._stream(events, reply, tags, started), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        try:
-            async for event in events:
-                reply.add(event)
-        except Exception as err:  # noqa: BLE001 - any failure inside the service is a 503 for the client
-            self.metrics["failed"].inc(tags={"route": route})
-            return JSONResponse({"error": {"message": f"generation failed: {_reason(err)}", "type": "server_error",
-                                           "param": None, "code": None}}, status_code=503)
-        finally:
-            if not reply.done:
-                events.cancel()  # client gone or failure: stop the UE, which frees the edge cache
-        self._record(reply, tags, started)
-        return reply.full()
+        split = {"k": k, "chosen_by": chosen_by, "rule": rule, "num_layers": self.facts.num_layers,
+                 "channel_profile": link.profile, "channel_kind": link.config.kind, "snr_db": link.snr_db}
+        streams, choices = [], []
+        for i, ids in enumerate(all_ids):
+            seed = secrets.randbits(63) if req.seed is None else (req.seed + i) % (2**63)
+            ue_request = UERequest(f"{request_id}-{i}", ids, k, req.max_tokens, req.temperature, req.top_p, seed,
+                                   req.stop, link.profile, link.snr_db, stream=req.stream, logprobs=req.logprobs,
+                                   echo=req.echo and req.logprobs is not None)
+            # Each prompt's call in a fresh context: calls made in the HTTP request's context share its Serve
+            # request id, and the UE's edge steps of sibling prompts would then collide in Serve's router.
+            call = self.ue.options(stream=True).generate.remote
+            streams.append(contextvars.Context().run(call, asdict(ue_request)))
+            prompt = req.prompts[i] if req.prompts else None
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
+            choices.append(Choice(i, ids, text, split))
+        reply = Reply(req, request_id, self.config.model, choices, self.tokenizer)
+        return reply, streams, {"route": route, "profile": link.profile, "chosen_by": chosen_by}
 
-    async def _stream(self, events, reply: _Reply, tags: dict, started: float) -> AsyncIterator[str]:
-        try:
-            first = reply.first_chunk()
-            if first is not None:
-                yield _sse(first)
-            async for event in events:
-                delta = reply.add(event)
-                if delta or reply.done:
-                    yield _sse(reply.chunk(delta))
-            self._record(reply, tags, started)
-        except Exception as err:  # noqa: BLE001 - the status line is sent; report the failure in-band
-            self.metrics["failed"].inc(tags={"route": tags["route"]})
-            yield _sse({"error": {"message": f"generation failed: {_reason(err)}", "type": "server_error",
-                                  "param": None, "code": None}})
-        finally:
-            if not reply.done:
-                events.cancel()
-        yield "data: [DONE]\n\n"
+    @staticmethod
+    async def _consume(events, choice: Choice) -> None:
+        async for event in events:
+            choice.add(event)
 
-    def _tokenize(self, req: GenerationRequest) -> list[int]:
+    async def _stream(self, streams: list, reply: Reply, tags: dict, started: float,
+                      deadline: float) -> AsyncIterator[str]:
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(events, choice: Choice) -> None:
+            try:
+                async for event in events:
+                    await queue.put((choice, event))
+            except Exception as err:  # noqa: BLE001 - reported in-band below
+                await queue.put((choice, err))
+
+        tasks = [asyncio.create_task(pump(events, choice)) for events, choice in zip(streams, reply.choices)]
+        try:
+            for chunk in reply.first_chunks():
+                yield _sse(chunk)
+            while not reply.done:
+                try:
+                    choice, event = await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0.0))
+                except asyncio.TimeoutError:
+                    self.metrics["failed"].inc(tags={"route": tags["route"]})
+                    yield _sse({"error": {"message": f"request deadline of {self.config.request_timeout_s:g} s "
+                                                     f"passed (request_timeout_s)", "type": "timeout",
+                                          "param": None, "code": None}})
+                    break
+                if isinstance(event, Exception):
+                    self.metrics["failed"].inc(tags={"route": tags["route"]})
+                    yield _sse({"error": {"message": f"generation failed: {_reason(event)}", "type": "server_error",
+                                          "param": None, "code": None}})
+                    break
+                delta, tokens = choice.add(event)
+                if delta or tokens or choice.done:
+                    yield _sse(reply.chunk(choice, delta, tokens))
+            else:
+                if reply.req.include_usage:
+                    yield _sse(reply.usage_chunk())
+                self._record(reply, tags, started)
+            yield "data: [DONE]\n\n"
+        finally:
+            for task in tasks:
+                task.cancel()
+            for events, choice in zip(streams, reply.choices):
+                if not choice.done:
+                    events.cancel()  # client gone, deadline or failure: the UE frees the edge cache
+            await self.admission.release(len(streams))
+
+    def _tokenize(self, req: GenerationRequest) -> list[list[int]]:
         if req.kind == "completion":
-            return list(self.tokenizer(req.prompt).input_ids)
+            return [list(p) if isinstance(p, list) else list(self.tokenizer(p).input_ids) for p in req.prompts]
         if not getattr(self.tokenizer, "chat_template", None):
             raise RequestError(f"model {self.config.model!r} has no chat template: use /v1/completions", "messages")
         enc = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True)
-        return list(enc["input_ids"])
+        return [list(enc["input_ids"])]
 
-    def _record(self, reply: _Reply, tags: dict, started: float) -> None:
-        link = reply.link
+    def _record(self, reply: Reply, tags: dict, started: float) -> None:
         self.metrics["requests"].inc(tags=tags)
-        self.metrics["split"].observe(reply.split["k"], tags=tags)
-        self.metrics["bytes_up"].inc(link.get("bytes_up", 0.0), tags=tags)
-        self.metrics["bytes_down"].inc(link.get("bytes_down", 0.0), tags=tags)
-        self.metrics["link_latency"].observe(link.get("link_latency_s", 0.0), tags=tags)
         self.metrics["latency"].observe(time.perf_counter() - started, tags=tags)
-        self.metrics["tokens"].inc(reply.completion_tokens, tags=tags)
-        if link.get("rebuilds"):
-            self.metrics["rebuilds"].inc(link["rebuilds"], tags=tags)
+        for choice in reply.choices:
+            link = choice.link
+            self.metrics["split"].observe(choice.split_info["k"], tags=tags)
+            self.metrics["link_latency"].observe(link.get("link_latency_s", 0.0), tags=tags)
+            # Ray's counters refuse an increment of 0 (a scoring request generates no tokens).
+            for name, value in (("bytes_up", link.get("bytes_up")), ("bytes_down", link.get("bytes_down")),
+                                ("tokens", choice.completion_tokens), ("rebuilds", link.get("rebuilds"))):
+                if value:
+                    self.metrics[name].inc(value, tags=tags)

@@ -1,8 +1,13 @@
 """Run the service on this machine: an embedded Ray on 127.0.0.1 and Serve's HTTP proxy on a local port.
 
-Used by ``splitlab serve``, the tests and the benchmark. Ray's token authentication (on by default in
-Ray 2.60) guards Ray's own RPCs and dashboard; Serve's HTTP proxy is not behind it, so clients call
-the API without a token. Keep the proxy on 127.0.0.1 unless something in front of it authenticates.
+Used by ``splitlab serve``, the tests and the benchmark. Ray itself (its RPC ports and its Prometheus
+metrics export port) always listens on 127.0.0.1 here, and the dashboard is off; only Serve's HTTP
+proxy goes where ``host`` says. Ray's token authentication (on by default in Ray 2.60) guards Ray's own
+RPCs; the HTTP API has its own keys (``api_keys``): set one before binding anything but loopback.
+
+SIGTERM (a process manager, or ``kill -TERM`` on the process group) stops Serve with a short grace
+period, shuts Ray down, and ends any of this process's own Ray processes still holding on, so the
+port is free within seconds.
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from collections.abc import Mapping
 from splitlab.serve.config import ServeConfig
 
 APP_NAME = "splitlab"
+LOOPBACK = "127.0.0.1"
+SHUTDOWN_GRACE_S = 4.0
+"""How long a stop waits for Serve's controller before shutting Ray down under it."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,7 +39,8 @@ def start_local(config: ServeConfig, host: str = "127.0.0.1", port: int | None =
     from splitlab.platform.ray_runtime import LOCAL, ensure_ray
 
     port = port or free_port(host)
-    ensure_ray(num_cpus, address=LOCAL, host=host, quiet=False)
+    # Ray's own listeners (RPC, metrics export) on loopback whatever host the API is served on.
+    ensure_ray(num_cpus, address=LOCAL, host=LOOPBACK, quiet=False)
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     deploy(config, app_name, route_prefix, deployments)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
@@ -47,14 +56,31 @@ def deploy(config: ServeConfig, app_name: str = APP_NAME, route_prefix: str = "/
     serve.run(build_app(config, deployments), name=app_name, route_prefix=route_prefix, blocking=False)
 
 
-def stop_local() -> None:
-    """Shut Serve and the embedded Ray down."""
+def stop_local(grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Shut Serve and the embedded Ray down; processes of ours still alive after that are ended.
+
+    ``serve.shutdown`` waits on Serve's controller, which a signal to the whole process group may
+    already have killed: it gets ``grace_s`` seconds on a side thread, then Ray is shut down anyway.
+    """
+    import threading
+
+    import psutil
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    ours = psutil.Process().children(recursive=True)  # raylet, GCS, workers (the proxy among them)
+    stopper = threading.Thread(target=serve.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(grace_s)
+    ray.shutdown()
+    alive = [p for p in ours if p.is_running()]
+    for proc in alive:
+        proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=3.0)
+    for proc in alive:
+        proc.kill()
 
 
 def serve_forever(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
@@ -71,6 +97,8 @@ def serve_forever(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
         return
     signal.signal(signal.SIGTERM, stop)  # again: ray.init installs its own handler
     print(f"splitlab serve: {config.model} at {url}  (Ctrl-C stops)", flush=True)
+    for warning in exposure_warnings(config, host):
+        print(f"WARNING: {warning}", flush=True)
     print(f"  curl {url}/v1/completions -H 'Content-Type: application/json' "
           f"-d '{{\"prompt\": \"The capital of France is\", \"max_tokens\": 16, \"temperature\": 0, "
           f"\"channel_profile\": \"fair\"}}'", flush=True)
@@ -81,3 +109,30 @@ def serve_forever(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000
         pass
     finally:
         stop_local()
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warnings(config: ServeConfig, host: str) -> list[str]:
+    """What an operator binding ``host`` should hear: no key on a non-loopback address, a Host allow-list
+    that the clients' addresses would fail."""
+    if is_loopback(host):
+        return []
+    out = []
+    if not config.api_keys:
+        out.append(f"serving on {host}, beyond this machine, WITHOUT an API key: anyone who can reach the port "
+                   f"can use the model. Set --api-key (or $SPLITLAB_API_KEY), or bind 127.0.0.1 behind a proxy "
+                   f"that authenticates.")
+    if "*" not in config.allowed_hosts and host not in config.allowed_hosts:
+        out.append(f"allowed_hosts is {list(config.allowed_hosts)}: requests naming this machine by another "
+                   f"name get 400. Add its names with --set allowed_hosts=NAME1,NAME2 (or '*').")
+    return out

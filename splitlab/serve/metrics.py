@@ -1,8 +1,10 @@
 """Request metrics through Ray Serve's metrics API (exported with Ray's Prometheus metrics).
 
 Names are namespaced like the rest of splitlab (``splitlab_split_k``, ``splitlab_link_bytes_up``);
-Serve adds the deployment, replica and application tags. Read them from the metrics export port of
-the Ray node (``ray metrics launch-prometheus``, or Grafana on the Ray dashboard).
+Serve adds the deployment, replica and application tags; Prometheus sees them with Ray's ``ray_``
+prefix (``ray_splitlab_requests_total``). Read them from the metrics export port of the Ray node
+(127.0.0.1 under ``splitlab serve``); ``cluster/grafana/splitlab_dashboard.json`` is a Grafana
+dashboard of them.
 """
 from __future__ import annotations
 
@@ -40,5 +42,8 @@ def edge_metrics() -> dict:
     """Metrics of one edge replica."""
     return {
         "sessions": metrics.Gauge("splitlab_edge_sessions", "KV caches held by this edge replica."),
+        "cache_bytes": metrics.Gauge("splitlab_edge_cache_bytes", "Bytes of KV cache held by this edge replica."),
         "rebuilds": metrics.Counter("splitlab_edge_resend_requests", "Steps that arrived without their cache."),
+        "batch": metrics.Histogram("splitlab_edge_batch_size", "Requests in the decode batch of each edge step.",
+                                   boundaries=[1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]),
     }

@@ -2,8 +2,12 @@
 
 A rule is any callable ``rule(features) -> k`` with a ``name``. Three are built in:
 
-- :class:`RLlibRule`: the policy of a ``splitlab train`` run (wireless preset), acting greedily on the
-  env's own observation of the request, rebuilt from the run's ``policy.json``.
+- :class:`MLPRule`: the policy of a ``splitlab train`` run (wireless preset), acting greedily on the
+  env's own observation of the request: its network read from a weights file without pickle
+  (``policy.safetensors`` or ``policy.npz``) and a JSON description (``policy_net.json``), its
+  observation from the run's ``policy.json``. :func:`export_policy` writes these from an RLModule.
+- :class:`RLlibRule`: the same from RLlib's own checkpoint (``policy/``), which RLlib unpickles: only
+  with ``trust_checkpoint`` (``splitlab serve --trust-checkpoint``), for files you made yourself.
 - :class:`GridRule`: the measured quality grid (``splitlab analyze``): the k maximising
   ``-w_q * log(ppl_k / ppl_clean) - w_c * k / L`` at the request's mean SNR.
 - :class:`FixedRule`: one k for every request (``default_split``) when neither is configured.
@@ -103,15 +107,146 @@ class RLlibRule:
         return int(self.candidate_ks[int(logits.argmax(-1)[0])])
 
 
+NET_FILE = "policy_net.json"
+"""The network of an exported policy: its layers in order, naming the tensors of the weights file."""
+WEIGHT_FILES = ("policy.safetensors", "policy.npz")
+"""Exported policy weights, read without pickle (safetensors, or numpy with ``allow_pickle=False``)."""
+NET_FORMAT = "splitlab-policy-mlp/1"
+ACTIVATIONS = {"Tanh": "tanh", "ReLU": "relu", "SiLU": "silu", "Sigmoid": "sigmoid", "ELU": "elu", "Identity": None}
+
+
 def policy_run_dir(path: str | Path) -> Path:
     """The ``splitlab train`` run folder of a ``policy_checkpoint`` (the run folder or its ``policy/``)."""
     path = Path(path).expanduser()
     for folder in (path, path.parent):
-        if (folder / POLICY_FILE).exists() and (folder / "policy").is_dir():
+        if (folder / POLICY_FILE).exists() and ((folder / "policy").is_dir() or _weights_file(folder)):
             return folder
     raise FileNotFoundError(f"policy_checkpoint {str(path)!r} is not a `splitlab train` run: expected a folder "
-                            f"holding {POLICY_FILE} and policy/ (the run folder, e.g. runs/train/dyna, or its "
-                            f"policy/ folder)")
+                            f"holding {POLICY_FILE} and the exported policy ({NET_FILE} + {' or '.join(WEIGHT_FILES)}) "
+                            f"or policy/ (the run folder, e.g. runs/train/dyna, or its policy/ folder)")
+
+
+def _weights_file(folder: Path) -> Path | None:
+    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+
+
+def _greedy_path(module) -> list:
+    """The modules from observation to action logits of an RLlib default MLP module, in order.
+
+    PPO: ``encoder.actor_encoder`` then ``pi``; DQN: ``encoder.encoder`` then ``af`` (with a dueling
+    head the advantages rank actions as the Q-values do).
+    """
+    import torch
+
+    encoder = getattr(module, "encoder", None)
+    body = getattr(encoder, "actor_encoder", None) or getattr(encoder, "encoder", None)
+    head = getattr(module, "pi", None) or getattr(module, "af", None)
+    if body is None or head is None:
+        raise ValueError(f"cannot export {type(module).__name__}: expected RLlib's default MLP module (PPO: "
+                         f"encoder.actor_encoder + pi, DQN: encoder.encoder + af)")
+    return [m for part in (body, head) for m in part.modules()
+            if isinstance(m, torch.nn.Linear) or type(m).__name__ in ACTIVATIONS]
+
+
+def export_policy(module, run_dir: str | Path) -> Path:
+    """Write an RLModule's greedy network as ``policy.safetensors`` + ``policy_net.json`` in ``run_dir``.
+
+    ``splitlab train`` calls it next to ``policy.json``; the service then never unpickles the policy.
+    Returns the weights file.
+    """
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    layers, tensors = [], {}
+    for m in _greedy_path(module):
+        name = type(m).__name__
+        if name in ACTIVATIONS:
+            if ACTIVATIONS[name]:
+                layers.append({"activation": ACTIVATIONS[name]})
+            continue
+        key = f"linear{len(tensors) // 2}"
+        tensors[f"{key}.weight"] = m.weight.detach().float().contiguous().clone()
+        tensors[f"{key}.bias"] = (m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)).detach().float().clone()
+        layers.append({"linear": key, "in": m.in_features, "out": m.out_features})
+    weights = run_dir / WEIGHT_FILES[0]
+    save_file(tensors, str(weights))
+    (run_dir / NET_FILE).write_text(json.dumps({"format": NET_FORMAT, "layers": layers}, indent=1))
+    return weights
+
+
+class MLPRule:
+    """Greedy action of an exported policy network (see the module docstring); no pickle involved."""
+
+    name = "policy"
+
+    def __init__(self, layers: list[dict], tensors: Mapping[str, np.ndarray], candidate_ks: Sequence[int], observer):
+        self.layers, self.candidate_ks, self.observer = layers, list(candidate_ks), observer
+        self.tensors = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+
+    def observation(self, features: Mapping[str, Any]) -> np.ndarray:
+        return self.observer.features(float(features["snr_db"]), 0.0, 0, REQUEST_UE_BUDGET)
+
+    def logits(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float64)
+        for layer in self.layers:
+            if "linear" in layer:
+                x = self.tensors[layer["linear"] + ".weight"] @ x + self.tensors[layer["linear"] + ".bias"]
+            else:
+                x = _ACTIVATE[layer["activation"]](x)
+        return x
+
+    def __call__(self, features: Mapping[str, Any]) -> int:
+        return int(self.candidate_ks[int(np.argmax(self.logits(self.observation(features))))])
+
+
+_ACTIVATE = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+             "silu": lambda x: x / (1.0 + np.exp(-x)), "elu": lambda x: np.where(x > 0, x, np.expm1(x))}
+
+
+def load_mlp_rule(path: str | Path, num_layers: int) -> MLPRule:
+    """Load an exported policy (``policy.json`` + ``policy_net.json`` + weights) without unpickling anything."""
+    from splitlab.envs.wireless import Observer
+
+    info = _checked_info(path, num_layers)
+    folder = policy_run_dir(path)
+    weights = _weights_file(folder)
+    if weights is None or not (folder / NET_FILE).is_file():
+        raise FileNotFoundError(f"policy_checkpoint {str(path)!r} has no exported policy ({NET_FILE} + "
+                                f"{' or '.join(WEIGHT_FILES)})")
+    net = json.loads((folder / NET_FILE).read_text())
+    if net.get("format") != NET_FORMAT:
+        raise ValueError(f"{folder / NET_FILE} has format {net.get('format')!r}; expected {NET_FORMAT!r}")
+    if weights.suffix == ".npz":
+        with np.load(weights, allow_pickle=False) as data:  # refuses object arrays: no pickle
+            tensors = {k: data[k] for k in data.files}
+    else:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(weights))
+    layers = net["layers"]
+    for layer in layers:
+        if "activation" in layer and layer["activation"] not in _ACTIVATE:
+            raise ValueError(f"{folder / NET_FILE}: activation {layer['activation']!r} is not one of {sorted(_ACTIVATE)}")
+        if "linear" in layer and f"{layer['linear']}.weight" not in tensors:
+            raise ValueError(f"{weights} lacks the tensor {layer['linear']}.weight that {NET_FILE} names")
+    outputs = [layer["out"] for layer in layers if "linear" in layer]
+    if not outputs or outputs[-1] != len(info["candidate_ks"]):
+        raise ValueError(f"policy_checkpoint's network has {outputs[-1] if outputs else 0} outputs but its "
+                         f"{POLICY_FILE} lists {len(info['candidate_ks'])} candidate splits")
+    return MLPRule(layers, tensors, info["candidate_ks"], Observer.from_dict(info["observer"]))
+
+
+def load_policy_rule(path: str | Path, num_layers: int, trust_checkpoint: bool = False) -> SplitRule:
+    """The exported policy of a run; RLlib's pickled checkpoint only with ``trust_checkpoint``."""
+    folder = policy_run_dir(path)
+    if _weights_file(folder) is not None:
+        return load_mlp_rule(folder, num_layers)
+    if not trust_checkpoint:
+        raise ValueError(f"policy_checkpoint {str(path)!r} holds only RLlib's checkpoint (policy/), which is "
+                         f"loaded by unpickling and can run arbitrary code: export it without pickle with "
+                         f"splitlab.serve.policy.export_policy (policy.safetensors + {NET_FILE}), or pass "
+                         f"--trust-checkpoint (trust_checkpoint: true) if you made the file yourself")
+    return load_rllib_rule(folder, num_layers)
 
 
 def read_policy_info(path: str | Path) -> dict[str, Any]:
@@ -125,16 +260,22 @@ def read_policy_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def load_rllib_rule(path: str | Path, num_layers: int) -> RLlibRule:
-    """Load the policy of a ``splitlab train`` run (its folder or its ``policy/``) for a ``num_layers`` model."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    from splitlab.envs.wireless import Observer
-
+def _checked_info(path: str | Path, num_layers: int) -> dict[str, Any]:
     info = read_policy_info(path)
     if info["num_layers"] != num_layers:
         raise ValueError(f"policy_checkpoint {str(path)!r} was trained for a {info['num_layers']}-layer model; "
                          f"the service's model has {num_layers} layers")
+    return info
+
+
+def load_rllib_rule(path: str | Path, num_layers: int) -> RLlibRule:
+    """Load the RLlib checkpoint of a ``splitlab train`` run (its folder or its ``policy/``) for a
+    ``num_layers`` model. RLlib unpickles it: trusted files only (see :func:`load_policy_rule`)."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from splitlab.envs.wireless import Observer
+
+    info = _checked_info(path, num_layers)
     module = RLModule.from_checkpoint((policy_run_dir(path) / "policy").resolve())  # RLlib wants absolute paths
     if getattr(module.action_space, "n", None) != len(info["candidate_ks"]):
         raise ValueError(f"policy_checkpoint's module has {getattr(module.action_space, 'n', None)} actions but "
@@ -161,15 +302,30 @@ def fit_split_range(config: ServeConfig, num_layers: int) -> ServeConfig:
     return config
 
 
+SHIPPED_GRIDS = Path(__file__).parent / "grids"
+"""Measured grids shipped with the package, one ``<model>.json`` per model (the default adaptive rule)."""
+
+
+def shipped_grid(model: str) -> Path | None:
+    """The grid shipped for ``model`` (``smollm2``), or None."""
+    path = SHIPPED_GRIDS / f"{model}.json"
+    return path if path.is_file() else None
+
+
 def make_rule(config: ServeConfig, num_layers: int) -> SplitRule:
-    """The rule the config asks for: RLlib checkpoint, else measured grid, else a fixed k."""
+    """The rule the config asks for: policy checkpoint, else measured grid, else (``adaptive``) the grid
+    shipped for the model, else a fixed k."""
     low, high = config.split_range(num_layers)
     if config.policy_checkpoint:
-        return load_rllib_rule(config.policy_checkpoint, num_layers)
-    if config.policy_grid:
+        return load_policy_rule(config.policy_checkpoint, num_layers, config.trust_checkpoint)
+    grid_path = config.policy_grid or (shipped_grid(config.model) if config.adaptive else None)
+    if grid_path:
         from splitlab.envs.quality_grid import QualityGrid
 
-        grid = QualityGrid.from_json(config.policy_grid, channel=config.policy_grid_channel)
+        grid = QualityGrid.from_json(grid_path, channel=config.policy_grid_channel)
+        if grid.num_layers != num_layers:
+            raise ValueError(f"policy_grid {str(grid_path)!r} was measured on a {grid.num_layers}-layer model; the "
+                             f"service's model has {num_layers} layers")
         return GridRule(grid, low, high, num_layers, config.w_q, config.w_c)
     return FixedRule(config.fixed_split(num_layers))
 

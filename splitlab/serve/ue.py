@@ -25,8 +25,10 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from splitlab.channel import transmit
+from splitlab.llm.batching import head_step
 from splitlab.llm.generation import UESession
 from splitlab.llm.split_model import SplitModel
+from splitlab.serve.batching import StepBatcher
 from splitlab.serve.config import ServeConfig, model_facts
 from splitlab.serve.edge import EdgeMessage
 from splitlab.serve.profiles import TOKEN_ID_BITS, LinkChoice, request_rng, resolve_link
@@ -52,6 +54,8 @@ class UERequest:
     channel_profile: str | None = None
     snr_db: float | None = None
     stream: bool = True  # False: one event at the end (no per-token messages to the ingress)
+    logprobs: int | None = None  # per generated token: its log-probability and this many alternatives
+    echo: bool = False  # score the prompt too: the edge returns its tokens' log-probabilities
 
 
 @dataclass
@@ -81,6 +85,7 @@ class LinkStats:
 
 EdgeStep = Callable[[str, EdgeMessage], Awaitable[dict]]
 Runner = Callable[..., Awaitable[Any]]
+HeadStep = Callable[[UESession, int], Awaitable[Any]]
 
 
 async def _run_inline(fn, *args):
@@ -89,12 +94,16 @@ async def _run_inline(fn, *args):
 
 async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, edge_step: EdgeStep, *,
                          run: Runner = _run_inline, eos_ids: set[int] | None = None, wait_link: bool = False,
-                         retry_s: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+                         retry_s: float = 60.0, ue_step: HeadStep | None = None) -> AsyncIterator[dict[str, Any]]:
     """Generate across the split; yields ``{"text", "token_id"}`` per token, then one final event.
 
-    The final event is ``{"finish_reason": "stop" | "length", "text": rest, "completion_tokens", "link"}``.
-    ``edge_step(request_id, msg)`` sends one transmission to the edge; it raises :class:`EdgeUnavailable`
-    when the edge cannot be reached. ``run(fn, *args)`` runs model compute (a thread pool in a replica).
+    The final event is ``{"finish_reason": "stop" | "length", "text": rest, "completion_tokens", "link"}``
+    (with ``echo``: also ``"prompt_scores"``, the edge's ``{"logprob", "top"}`` of prompt tokens 1..T-1;
+    with ``logprobs``: every token event also has ``"logprob"`` and ``"top"``). ``max_tokens = 0`` only
+    scores the prompt. ``edge_step(request_id, msg)`` sends one transmission to the edge; it raises
+    :class:`EdgeUnavailable` when the edge cannot be reached. ``run(fn, *args)`` runs model compute (a
+    thread pool in a replica); ``ue_step(session, token)`` runs one decode step of the head (a
+    batching scheduler in a replica; default: ``run(session.step, token)``).
     """
     eos_ids = eos_ids if eos_ids is not None else _eos_ids(model)
     session = UESession(model, req.k)
@@ -108,8 +117,11 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
         stats.ue_compute_s += time.perf_counter() - t0
         return out
 
-    async def exchange(hidden: torch.Tensor, start: int) -> int:
-        """Send positions start.. (hidden [1, T, H]); resend history while the edge asks; returns the token."""
+    context = len(req.prompt_ids) + req.max_tokens
+    extra_bits = 0 if req.logprobs is None else 64 * (1 + req.logprobs)  # logprob and top (id, logprob) pairs
+
+    async def exchange(hidden: torch.Tensor, start: int, score_ids: list[int] | None = None) -> dict:
+        """Send positions start.. (hidden [1, T, H]); resend history while the edge asks; returns the reply."""
         deadline = time.monotonic() + retry_s
         backoff = 0.1
         while True:
@@ -123,7 +135,8 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
             stats.uplink_s += cost.tx_time_s
             if wait_link:
                 await asyncio.sleep(cost.tx_time_s)
-            msg = EdgeMessage(req.k, start, received, req.temperature, req.top_p, req.seed)
+            msg = EdgeMessage(req.k, start, received, req.temperature, req.top_p, req.seed, req.logprobs,
+                              score_ids, context)
             t0 = time.perf_counter()
             try:
                 reply = await edge_step(req.request_id, msg)
@@ -142,32 +155,55 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
                 hidden = history.hidden[:, start:]  # [1, T', H]
                 stats.rebuilds += 1
                 stats.resent_vectors += hidden.shape[1]
+                score_ids = None  # scores come with the first answer only
                 continue
             stats.edge_compute_s += float(reply.get("compute_s", 0.0))
-            down = link.downlink_time_s(TOKEN_ID_BITS)
-            stats.bytes_down += TOKEN_ID_BITS / 8
+            bits = TOKEN_ID_BITS + extra_bits * (1 + len(reply.get("scores", ())))
+            down = link.downlink_time_s(bits)
+            stats.bytes_down += bits / 8
             stats.downlink_s += down
             if wait_link:
                 await asyncio.sleep(down)
-            return int(reply["token"])
+            return reply
+
+    async def next_activation(token: int):
+        if ue_step is None:
+            return await compute(session.step, token)
+        t0 = time.perf_counter()
+        out = await ue_step(session, token)
+        stats.ue_compute_s += time.perf_counter() - t0
+        return out
 
     ids = torch.tensor([req.prompt_ids], dtype=torch.long)  # [1, T]
     act = await compute(session.prefill, ids)
     start, finish = 0, "length"
+    scores = None
+    score_ids = list(req.prompt_ids[1:]) if req.echo else None
+    if req.max_tokens == 0:  # scoring only: one transmission of the prompt
+        scores = (await exchange(act.hidden, 0, score_ids)).get("scores")
     for i in range(req.max_tokens):
-        token = await exchange(act.hidden, start)
+        reply = await exchange(act.hidden, start, score_ids if i == 0 else None)
+        if i == 0:
+            scores = reply.get("scores")
+        token = int(reply["token"])
         delta = text.add(token)
+        event = {"text": delta, "token_id": token}
+        if req.logprobs is not None:
+            event.update(logprob=reply["logprob"], top=reply["top"])
         if token in eos_ids or text.stopped:
             finish = "stop"
-            if delta:
-                yield {"text": delta, "token_id": token}
+            if delta or req.logprobs is not None:
+                yield event
             break
-        yield {"text": delta, "token_id": token}
+        yield event
         if i + 1 < req.max_tokens:
             start = session.length
-            act = await compute(session.step, token)
-    yield {"finish_reason": finish, "text": text.flush(), "completion_tokens": len(text.token_ids),
-           "link": stats.as_dict()}
+            act = await next_activation(token)
+    final = {"finish_reason": finish, "text": text.flush(), "completion_tokens": len(text.token_ids),
+             "link": stats.as_dict()}
+    if req.echo:
+        final["prompt_scores"] = scores or []
+    yield final
 
 
 def _eos_ids(model: SplitModel) -> set[int]:
@@ -181,7 +217,11 @@ def _as_list(value) -> list:
 
 @serve.deployment(name="UEHalf")
 class UEHalf:
-    """Serve deployment of the UE half; ``generate`` streams one request's tokens."""
+    """Serve deployment of the UE half; ``generate`` streams one request's tokens.
+
+    The head's decode steps of concurrent requests run as one batch per step (a
+    :class:`~splitlab.serve.batching.StepBatcher` over :func:`~splitlab.llm.batching.head_step`).
+    """
 
     def __init__(self, config: dict, edge):
         torch.set_num_threads(1)
@@ -191,10 +231,29 @@ class UEHalf:
         self.eos_ids = _eos_ids(self.model)
         self.edge = edge
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ue")
+        self.batcher = StepBatcher(self._head_batch, self.pool, self.config.max_batch, self.config.batch_wait_s)
         self.active: set[str] = set()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def _head_batch(self, items: list[tuple[UESession, int]]) -> list:
+        """One batched head step per split point among ``items`` (session, token)."""
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (session, _) in enumerate(items):
+            groups.setdefault(session.k, []).append(i)
+        for rows in groups.values():
+            try:
+                acts = head_step(self.model, [items[i][0] for i in rows], [items[i][1] for i in rows])
+            except Exception as err:  # noqa: BLE001 - that group's requests fail, the others go on
+                acts = [err] * len(rows)
+            for i, act in zip(rows, acts):
+                out[i] = act
+        return out
+
+    async def _head_step(self, session: UESession, token: int):
+        return await self.batcher.submit(id(session), (session, token))
 
     async def _edge_step(self, request_id: str, msg: EdgeMessage) -> dict:
         try:
@@ -203,21 +262,24 @@ class UEHalf:
             raise EdgeUnavailable(str(err)) from err
 
     async def generate(self, request: dict) -> AsyncIterator[dict]:
-        """Stream one request: see :func:`split_generate` for the events."""
+        """Stream one request: see :func:`split_generate` for the events (``stream=False``: the final one
+        only, with the whole text and, with ``logprobs``, every token's ``{"token_id", "logprob", "top"}``)."""
         req = UERequest(**request)
         link = resolve_link(req.channel_profile, req.snr_db, self.config.default_profile)
         self.active.add(req.request_id)
-        text = []
+        text, tokens = [], []
         try:
             async for event in split_generate(self.model, req, link, self._edge_step, run=self._run,
                                               eos_ids=self.eos_ids, wait_link=self.config.wait_link,
-                                              retry_s=self.config.edge_retry_s):
+                                              retry_s=self.config.edge_retry_s, ue_step=self._head_step):
                 if req.stream:
                     yield event
                 elif "finish_reason" in event:
-                    yield {**event, "text": "".join(text) + event["text"]}
+                    yield {**event, "text": "".join(text) + event["text"], "tokens": tokens}
                 else:
                     text.append(event["text"])
+                    if req.logprobs is not None:
+                        tokens.append({key: event[key] for key in ("token_id", "logprob", "top")})
         finally:
             # Also on cancellation (client gone): free the edge's cache now rather than at its TTL.
             self.active.discard(req.request_id)
@@ -234,7 +296,8 @@ class UEHalf:
         contextvars.Context().run(release, request_id)
 
     async def stats(self) -> dict[str, Any]:
-        return {"active": len(self.active), "max_split": self.model.part_k, "num_layers": self.model.num_layers}
+        return {"active": len(self.active), "max_split": self.model.part_k, "num_layers": self.model.num_layers,
+                "batches": self.batcher.batches, "mean_batch": self.batcher.mean_batch}
 
     def __del__(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
