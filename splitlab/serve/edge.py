@@ -85,6 +85,31 @@ class EdgeStore:
         token = sample(logits, msg.temperature, msg.top_p, generator)
         return {"token": token, "compute_s": time.perf_counter() - t0}
 
+    def consume(self, request_id: str, msg: EdgeMessage) -> dict[str, Any]:
+        """Like :meth:`step`, but returns the next-token logits: ``{"logits": [V], "compute_s"}`` or ``{"resend_from": n}``.
+
+        The device path (:mod:`splitlab.serve.activation_step`) samples and scores the token itself.
+        """
+        self.sweep()
+        entry = self.sessions.get(request_id)
+        if entry is not None and (entry.session.k != msg.k or msg.start < entry.session.seen):
+            self.release(request_id)
+            entry = None
+        if entry is None:
+            if msg.start != 0:
+                self.rebuilds += 1
+                return {"resend_from": 0}
+            entry = self._open(request_id, msg.k)
+        elif msg.start > entry.session.seen:
+            self.rebuilds += 1
+            return {"resend_from": entry.session.seen}
+        self.sessions.move_to_end(request_id)
+        entry.last_used = time.monotonic()
+        t0 = time.perf_counter()
+        positions = torch.arange(msg.start, msg.start + msg.hidden.shape[1]).unsqueeze(0)  # [1, T]
+        logits = entry.session.consume(Activation(msg.hidden, positions, None))  # [V]
+        return {"logits": logits, "compute_s": time.perf_counter() - t0}
+
     def release(self, request_id: str) -> bool:
         """Free a request's cache; True if there was one."""
         return self.sessions.pop(request_id, None) is not None
@@ -123,6 +148,18 @@ class EdgeHalf:
         reply = await asyncio.get_running_loop().run_in_executor(self.pool, self.store.step, request_id, msg)
         if "resend_from" in reply:
             self.metrics["rebuilds"].inc()
+        self.metrics["sessions"].set(len(self.store.sessions))
+        return reply
+
+    async def step_activation(self, msg: EdgeMessage, top_logprobs: int = 0, full_logprobs: bool = False) -> dict:
+        """The device path's step: see :func:`splitlab.serve.activation_step.activation_step`."""
+        from splitlab.serve.activation_step import activation_step
+
+        request_id = serve.get_multiplexed_model_id()
+        if not request_id:
+            raise ValueError("edge steps need the request id as multiplexed_model_id")
+        reply = await asyncio.get_running_loop().run_in_executor(
+            self.pool, activation_step, self.store, request_id, msg, top_logprobs, full_logprobs)
         self.metrics["sessions"].set(len(self.store.sessions))
         return reply
 
