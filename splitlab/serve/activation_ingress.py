@@ -39,16 +39,7 @@ from splitlab.serve.activation_auth import check_api_key
 from splitlab.serve.config import ServeConfig, model_facts
 from splitlab.serve.edge import EdgeMessage
 from splitlab.serve.protocol import RequestError
-from splitlab.serve.wire import (
-    FRAME_HEADER,
-    MAX_TOP_LOGPROBS,
-    WIRE_VERSION,
-    WireLimits,
-    decode_frame,
-    encode_resend,
-    encode_token,
-    parse_header,
-)
+from splitlab.serve.wire import MAX_TOP_LOGPROBS, WIRE_VERSION, WireLimits, decode_frame, encode_resend, encode_token
 
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="splitlab edge: activations in, tokens out",
@@ -103,6 +94,50 @@ def _settings(data: Any) -> SamplingSettings:
 
 def _error(err: RequestError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
+
+
+async def _ws_refuse(websocket: WebSocket, err: RequestError) -> None:
+    try:
+        await websocket.send_text(json.dumps(err.body()))
+        await websocket.close(code=4000 + err.status)
+    except Exception:  # noqa: BLE001 - the client may be gone already
+        pass
+
+
+async def _small_json(request: Request, limit: int = 4096) -> dict:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise RequestError(f"body is {length} bytes; the limit is {limit}", status=413)
+    raw = await request.body()
+    if len(raw) > limit:
+        raise RequestError(f"body is {len(raw)} bytes; the limit is {limit}", status=413)
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise RequestError("body must be a JSON object")
+    return body
+
+
+def _split_features(body: dict) -> dict:
+    """The policy's features from what the device reports about its link (no text)."""
+    from splitlab.serve.profiles import SNR_DB_RANGE
+
+    unknown = sorted(set(body) - {"snr_db", "prompt_tokens", "max_tokens"})
+    if unknown:
+        raise RequestError(f"unknown fields {unknown}; accepted: snr_db, prompt_tokens, max_tokens", unknown[0])
+    snr = body.get("snr_db", 30.0)
+    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not SNR_DB_RANGE[0] <= snr <= SNR_DB_RANGE[1]:
+        raise RequestError(f"snr_db must be a number in [{SNR_DB_RANGE[0]:g}, {SNR_DB_RANGE[1]:g}], got {snr!r}",
+                           "snr_db")
+    counts = {}
+    for name in ("prompt_tokens", "max_tokens"):
+        value = body.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**7:
+            raise RequestError(f"{name} must be an integer >= 0, got {value!r}", name)
+        counts[name] = value
+    return {"snr_db": float(snr), "profile": "device", "kind": "device", "fading": "none", **counts}
 
 
 @serve.deployment(name="ActivationIngress")
@@ -291,50 +326,6 @@ class ActivationIngress:
         """Free a stream's edge cache, detached from the call being handled (see ``UEHalf._release``)."""
         release = self.edge.options(multiplexed_model_id=request_id).release.remote
         contextvars.Context().run(release, request_id)
-
-
-async def _ws_refuse(websocket: WebSocket, err: RequestError) -> None:
-    try:
-        await websocket.send_text(json.dumps(err.body()))
-        await websocket.close(code=4000 + err.status)
-    except Exception:  # noqa: BLE001 - the client may be gone already
-        pass
-
-
-async def _small_json(request: Request, limit: int = 4096) -> dict:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RequestError(f"body is {length} bytes; the limit is {limit}", status=413)
-    raw = await request.body()
-    if len(raw) > limit:
-        raise RequestError(f"body is {len(raw)} bytes; the limit is {limit}", status=413)
-    try:
-        body = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RequestError("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise RequestError("body must be a JSON object")
-    return body
-
-
-def _split_features(body: dict) -> dict:
-    """The policy's features from what the device reports about its link (no text)."""
-    from splitlab.serve.profiles import SNR_DB_RANGE
-
-    unknown = sorted(set(body) - {"snr_db", "prompt_tokens", "max_tokens"})
-    if unknown:
-        raise RequestError(f"unknown fields {unknown}; accepted: snr_db, prompt_tokens, max_tokens", unknown[0])
-    snr = body.get("snr_db", 30.0)
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not SNR_DB_RANGE[0] <= snr <= SNR_DB_RANGE[1]:
-        raise RequestError(f"snr_db must be a number in [{SNR_DB_RANGE[0]:g}, {SNR_DB_RANGE[1]:g}], got {snr!r}",
-                           "snr_db")
-    counts = {}
-    for name in ("prompt_tokens", "max_tokens"):
-        value = body.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**7:
-            raise RequestError(f"{name} must be an integer >= 0, got {value!r}", name)
-        counts[name] = value
-    return {"snr_db": float(snr), "profile": "device", "kind": "device", "fading": "none", **counts}
 
 
 def build_device_app(config: ServeConfig, route: DeviceRouteConfig | None = None):
