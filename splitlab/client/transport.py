@@ -68,7 +68,7 @@ class _WebSocketStream:
         ws_url = f"ws://{parts.hostname}:{parts.port or 80}{parts.path.rstrip('/')}/v1/activations/ws"
         # No compression: the bytes counted must be the bytes a radio would carry for this payload format.
         self.ws = connect(ws_url, sock=sock, compression=None, proxy=None, additional_headers=_auth(api_key),
-                          open_timeout=timeout_s, max_size=max_reply_bytes, ping_interval=None)
+                          open_timeout=timeout_s, max_size=max_reply_bytes, ping_interval=None, legacy=True)
         self.timeout_s = timeout_s
         self.count = WireCount()
         text = json.dumps(settings)
