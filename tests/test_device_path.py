@@ -91,7 +91,7 @@ def test_int8_minus_128_is_refused():
 
 
 def test_token_frames_round_trip():
-    full = np.log(np.full(10, 0.1, dtype=np.float32))
+    full = np.log(np.full((2, 10), 0.1, dtype=np.float32))
     reply = decode_token(encode_token(7, 12, -0.5, [(7, -0.5), (3, -1.5)], full))
     assert (reply.value, reply.position, reply.logprob, reply.is_resend) == (7, 12, -0.5, False)
     assert reply.top == ((7, -0.5), (3, -1.5)) and np.allclose(reply.full, full)
@@ -192,6 +192,18 @@ def test_greedy_output_equals_generate_over_both_transports(client, tiny_full):
     assert _wait_freed() == 0
 
 
+def test_long_prompts_go_in_several_frames(client, tiny_full, monkeypatch):
+    import splitlab.client.device as device
+
+    monkeypatch.setattr(device, "MAX_FRAME_TOKENS", 2)
+    prompt = "The quick brown fox"
+    ids = tiny_full.tokenizer(prompt).input_ids
+    ref = tiny_full.model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False, pad_token_id=0,
+                                   eos_token_id=tiny_full.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    out = client.generate(prompt, 2, 4)
+    assert out.token_ids == ref and out.stats.frames == math.ceil(len(ids) / 2) + 3
+
+
 def _transport(client, kind):
     from splitlab.client.transport import make_transport
 
@@ -211,7 +223,7 @@ def test_int8_perplexity_through_the_path_within_tolerance(client, tiny_full):
         int8, stats = client.score(ids, k)
         assert torch.allclose(fp32, ref, atol=1e-4)
         assert abs(int8.mean() - fp32.mean()) <= 0.01, (k, float(int8.mean()), float(fp32.mean()))
-        assert stats.frames == len(ids) - 1
+        assert stats.frames == 1
     client.fmt = "fp32"
 
 
@@ -309,3 +321,15 @@ def test_the_edge_never_sees_the_prompt(edge_url, client, tmp_path):
     for needle in needles[:3] + needles[5:]:
         assert needle not in text, needle
     assert _wait_freed() == 0
+
+
+def test_device_model_counts_the_round_trip_and_the_output_head():
+    from splitlab.envs.device import DeviceModel
+
+    base = DeviceModel(ue_flops=1e9, edge_flops=1e10, tokens=1)
+    fixed = DeviceModel(ue_flops=1e9, edge_flops=1e10, tokens=1, rtt_s=0.05, edge_fixed_s=0.01)
+    a, b = base.latency(2, 4, 64, 0.001), fixed.latency(2, 4, 64, 0.001)
+    assert b.total_s == pytest.approx(a.total_s + 0.06) and b.rtt_s == 0.05
+    assert b.as_metrics()["latency/rtt_s"] == 0.05 and a.rtt_s == 0.0
+    with pytest.raises(ValueError, match="rtt_s"):
+        DeviceModel(rtt_s=-1.0)

@@ -24,6 +24,9 @@ from splitlab.llm.split_model import SplitModel
 from splitlab.serve.text import TextAssembler
 from splitlab.serve.wire import decode_token, encode_frame
 
+MAX_FRAME_TOKENS = 256
+"""Prompt tokens per frame: an fp32 frame of SmolLM2 stays under 0.6 MB (WebSocket servers cap messages)."""
+
 
 @dataclass
 class DeviceStats:
@@ -161,28 +164,31 @@ class DeviceClient:
         return self.last
 
     def score(self, ids: list[int], k: int) -> tuple[torch.Tensor, DeviceStats]:
-        """Teacher-forced log-probabilities of ``ids[1:]`` through the real path (one token per frame).
+        """Teacher-forced log-probabilities of ``ids[1:]`` through the real path.
 
-        The edge returns the whole next-token distribution (``full_logprobs``) and the device picks the
-        true next token's entry, so the edge never learns which token that is. Returns ([T-1], stats).
+        The head runs over the whole sequence, the frames go up as for a prompt, and the edge returns the
+        next-token distribution after every position (``full_logprobs``); the device picks the true
+        tokens' entries, so the edge never learns which tokens they are. Returns ([T-1], stats).
         """
         if len(ids) < 2:
             raise ValueError(f"scoring needs at least 2 tokens, got {len(ids)}")
         stats = DeviceStats(k, self.fmt, prompt_tokens=len(ids))
         session = UESession(self.model, k)
         stream = self.transport.open({"temperature": 0.0, "full_logprobs": True})
-        out = []
+        rows = []
         try:
-            act = self._compute(stats, session.prefill, torch.tensor([ids[:1]]))
-            for i in range(1, len(ids)):
-                reply = self._exchange(stream, session, stats, act.hidden, i - 1)
-                out.append(float(reply.full[ids[i]]))
-                if i + 1 < len(ids):
-                    act = self._compute(stats, session.step, ids[i])
+            act = self._compute(stats, session.prefill, torch.tensor([ids[:-1]]))  # the last token predicts nothing
+            for lo in range(0, act.hidden.shape[1], MAX_FRAME_TOKENS):
+                part = act.hidden[:, lo:lo + MAX_FRAME_TOKENS]  # [1, <=MAX_FRAME_TOKENS, H]
+                reply = decode_token(stream.exchange(encode_frame(part, k, lo, self.fmt)))
+                if reply.is_resend:
+                    raise RuntimeError(f"the edge lost the scoring stream's cache (resend from {reply.value})")
+                rows.append(torch.from_numpy(reply.full.copy()))
         finally:
             stream.close()
             self._account(stats, stream.count)
-        return torch.tensor(out), stats
+        logp = torch.cat(rows)  # [T-1, V]
+        return logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0], stats
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -195,7 +201,7 @@ class DeviceClient:
     def _exchange(self, stream: Stream, session: UESession, stats: DeviceStats, hidden: torch.Tensor, start: int):
         """Send positions start.. ([1, T, H]); resend history while the edge asks; returns the token reply."""
         for _ in range(3):
-            reply = decode_token(stream.exchange(encode_frame(hidden, session.k, start, self.fmt)))
+            reply = self._send_chunks(stream, session.k, hidden, start)
             if not reply.is_resend:
                 return reply
             start = reply.value
@@ -203,6 +209,15 @@ class DeviceClient:
             stats.rebuilds += 1
             stats.resent_vectors += hidden.shape[1]
         raise RuntimeError("the edge kept asking for resends; giving up on this stream")
+
+    def _send_chunks(self, stream: Stream, k: int, hidden: torch.Tensor, start: int):
+        """Long prompts go as several frames (the edge extends its cache); the last frame's token counts."""
+        for lo in range(0, hidden.shape[1], MAX_FRAME_TOKENS):
+            part = hidden[:, lo:lo + MAX_FRAME_TOKENS]  # [1, <=MAX_FRAME_TOKENS, H]
+            reply = decode_token(stream.exchange(encode_frame(part, k, start + lo, self.fmt)))
+            if reply.is_resend:
+                return reply
+        return reply
 
     @staticmethod
     def _account(stats: DeviceStats, count: WireCount) -> None:

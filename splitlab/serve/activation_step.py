@@ -19,12 +19,14 @@ def activation_step(store: EdgeStore, request_id: str, msg: EdgeMessage, top_log
     """``{"token", "position", "logprob", "top", "full"?, "compute_s"}`` or ``{"resend_from": n}``.
 
     ``top`` lists the ``top_logprobs`` most likely (id, logprob) pairs; ``full`` (when asked) is the
-    whole next-token log-distribution [V] as float32 numpy, for perplexity measured through the path.
+    next-token log-distribution after every position of the frame, [T, V] float32 numpy, for perplexity
+    measured through the path (the device scores the true tokens; the edge never learns them).
     """
     reply = store.consume(request_id, msg)
     if "resend_from" in reply:
         return reply
-    logits = reply["logits"]  # [V]
+    all_logits = reply["logits"]  # [T, V]
+    logits = all_logits[-1]  # [V]
     position = msg.start + msg.hidden.shape[1]
     generator = step_generator(msg.seed, position) if msg.temperature > 0 else None
     token = sample(logits, msg.temperature, msg.top_p, generator)
@@ -35,5 +37,5 @@ def activation_step(store: EdgeStore, request_id: str, msg: EdgeMessage, top_log
         values, ids = logp.topk(top_logprobs)
         out["top"] = [(int(i), float(v)) for i, v in zip(ids, values)]
     if full_logprobs:
-        out["full"] = logp.numpy()
+        out["full"] = torch.log_softmax(all_logits.float(), dim=-1).numpy()  # [T, V]
     return out

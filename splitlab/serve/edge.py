@@ -86,7 +86,8 @@ class EdgeStore:
         return {"token": token, "compute_s": time.perf_counter() - t0}
 
     def consume(self, request_id: str, msg: EdgeMessage) -> dict[str, Any]:
-        """Like :meth:`step`, but returns the next-token logits: ``{"logits": [V], "compute_s"}`` or ``{"resend_from": n}``.
+        """Like :meth:`step`, but returns the logits of every position sent: ``{"logits": [T, V], "compute_s"}``
+        or ``{"resend_from": n}``.
 
         The device path (:mod:`splitlab.serve.activation_step`) samples and scores the token itself.
         """
@@ -106,9 +107,11 @@ class EdgeStore:
         self.sessions.move_to_end(request_id)
         entry.last_used = time.monotonic()
         t0 = time.perf_counter()
+        session = entry.session
         positions = torch.arange(msg.start, msg.start + msg.hidden.shape[1]).unsqueeze(0)  # [1, T]
-        logits = entry.session.consume(Activation(msg.hidden, positions, None))  # [V]
-        return {"logits": logits, "compute_s": time.perf_counter() - t0}
+        logits = session.model.tail(Activation(msg.hidden, positions, None), session.k, cache=session.cache)  # [1, T, V]
+        session.seen += msg.hidden.shape[1]
+        return {"logits": logits[0], "compute_s": time.perf_counter() - t0}
 
     def release(self, request_id: str) -> bool:
         """Free a request's cache; True if there was one."""

@@ -22,7 +22,8 @@ Down, one **token frame** per activation frame::
     0  4  magic b"SLT1"    4  1  kind (1 token, 2 resend_from)    5  1  flags (bit 0: full logprobs follow)
     6  2  n_top             8  4  value (token id, or the position to resend from)
     12 4  position (of the sampled token)        16 4  logprob (fp32, of the sampled token)
-    20 ...  n_top x (int32 id, fp32 logprob), then if flag 0: uint32 V and V fp32 log-probabilities
+    20 ...  n_top x (int32 id, fp32 logprob), then if flag 0: uint32 T, uint32 V and T x V fp32
+            log-probabilities (the next-token distribution after each position of the frame)
 
 The receiver checks the header against :class:`WireLimits` before it looks at the payload, and
 refuses payloads with NaN or +-inf (an honest encoder never produces them), int8 values outside the
@@ -108,7 +109,7 @@ class TokenReply:
     position: int = 0
     logprob: float = 0.0
     top: tuple[tuple[int, float], ...] = ()
-    full: np.ndarray | None = None  # [V] float32 log-probabilities
+    full: np.ndarray | None = None  # [T, V] float32 log-probabilities after each position of the frame
 
     @property
     def is_resend(self) -> bool:
@@ -203,8 +204,8 @@ def encode_token(token: int, position: int, logprob: float, top: list[tuple[int,
                              position, logprob)]
     out += [TOP_ENTRY.pack(i, lp) for i, lp in top]
     if full is not None:
-        full = np.ascontiguousarray(full, dtype="<f4")
-        out += [struct.pack("<I", full.shape[0]), full.tobytes()]
+        full = np.ascontiguousarray(full, dtype="<f4").reshape(-1, np.shape(full)[-1])  # [T, V]
+        out += [struct.pack("<II", *full.shape), full.tobytes()]
     return b"".join(out)
 
 
@@ -225,9 +226,9 @@ def decode_token(raw: bytes) -> TokenReply:
     offset += n_top * TOP_ENTRY.size
     full = None
     if flags & FLAG_FULL:
-        (vocab,) = struct.unpack_from("<I", raw, offset)
-        full = np.frombuffer(raw, dtype="<f4", count=vocab, offset=offset + 4)
-        offset += 4 + 4 * vocab
+        rows, vocab = struct.unpack_from("<II", raw, offset)
+        full = np.frombuffer(raw, dtype="<f4", count=rows * vocab, offset=offset + 8).reshape(rows, vocab)
+        offset += 8 + 4 * rows * vocab
     if offset != len(raw):
         raise ValueError(f"token frame is {len(raw)} bytes, its header describes {offset}")
     return TokenReply(kind, value, position, logprob, top, full)
