@@ -20,7 +20,7 @@ decode step through the head and through the tail, per layer); the serving hops'
 calibrated on the loopback run (no emulator) and then used unchanged for the two emulated links.
 
 How to run:  nice .venv/bin/python benchmarks/device_path.py [--model smollm2] [--ks 0,4,10,15]
-             [--tokens 16] [--prompts 3] [--ppl-windows 6 --ppl-window 48] [--quick]
+             [--tokens 8] [--prompts 2] [--ppl-windows 8 --ppl-window 64] [--quick]
              (``--quick``: tiny-llama, fewer points, for a smoke run; writes device_path_quick.json)
 
 Results to expect: fp16 frames are 20 + 2H bytes per token (1172 on SmolLM2), int8 20 + H + 4 (600),
@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -190,16 +191,16 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--ks", default="0,4,10,15")
     parser.add_argument("--formats", default="fp32,fp16,bf16,int8")
-    parser.add_argument("--tokens", type=int, default=16, help="tokens generated per prompt")
-    parser.add_argument("--prompts", type=int, default=3)
-    parser.add_argument("--ppl-windows", type=int, default=6)
-    parser.add_argument("--ppl-window", type=int, default=48)
+    parser.add_argument("--tokens", type=int, default=8, help="tokens generated per prompt")
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--ppl-windows", type=int, default=8)
+    parser.add_argument("--ppl-window", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="tiny-llama, k in 0,2,4, a smoke run")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.quick:
         args.model, args.ks, args.tokens, args.prompts, args.ppl_windows, args.ppl_window = \
-            "tiny-llama", "0,2,4", 8, 2, 3, 16
+            "tiny-llama", "0,2,4", 8, 2, 3, 32
     ks = [int(k) for k in args.ks.split(",")]
     formats = args.formats.split(",")
     out_path = Path(args.out) if args.out else RESULTS / ("device_path_quick.json" if args.quick else "device_path.json")
@@ -209,6 +210,9 @@ def main() -> None:
     conn, child = ctx.Pipe()
     edge = ctx.Process(target=_edge_main, args=(args.model, max(ks), child), daemon=False)
     edge.start()
+    if not conn.poll(900):  # the edge died or never came up: do not wait forever
+        edge.kill()
+        raise RuntimeError("the edge did not start within 15 minutes")
     url = conn.recv()
     host, port = url.removeprefix("http://").split(":")
 
@@ -321,7 +325,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "ue_cpu": UE_CPU, "edge_cpu": EDGE_CPU, "python": platform.python_version(),
                     "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "elapsed_s": elapsed,
-        "command": "nice .venv/bin/python benchmarks/device_path.py" + (" --quick" if args.quick else ""),
+        "command": "nice .venv/bin/python benchmarks/device_path.py " + " ".join(sys.argv[1:]),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1))
