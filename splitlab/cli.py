@@ -175,15 +175,23 @@ def cmd_ue(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from splitlab.client import DeviceClient
+    import requests
 
+    from splitlab.client import DeviceClient
+    from splitlab.client.transport import EdgeRefused
+
+    if args.k != "policy" and not args.k.isdigit():
+        raise ValueError(f"--k must be a split point (an integer) or 'policy', got {args.k!r}")
     k = args.k if args.k == "policy" else int(args.k)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    client = DeviceClient(args.url, model=args.model, max_k=args.max_k, fmt=args.format, transport=args.transport,
-                          api_key=args.api_key or os.environ.get("SPLITLAB_API_KEY"))
-    for delta in client.stream(prompt, k, args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                               seed=args.seed, stop=args.stop, snr_db=args.snr_db):
-        print(delta, end="", flush=True)
+    try:
+        client = DeviceClient(args.url, model=args.model, max_k=args.max_k, fmt=args.format,
+                              transport=args.transport, api_key=args.api_key or os.environ.get("SPLITLAB_API_KEY"))
+        for delta in client.stream(prompt, k, args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                   seed=args.seed, stop=args.stop, snr_db=args.snr_db):
+            print(delta, end="", flush=True)
+    except (EdgeRefused, requests.RequestException) as err:  # the edge's answer, in one line
+        raise ValueError(str(err)) from None
     print()
     if args.stats:
         print(json.dumps({"finish_reason": client.last.finish_reason, **client.last.stats.as_dict()}),

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from splitlab.channel.quantisation import QUANT_FORMATS
@@ -80,8 +80,6 @@ class SamplingSettings(BaseModel):
 
 
 def _settings(data: Any) -> SamplingSettings:
-    from pydantic import ValidationError
-
     if not isinstance(data, dict):
         raise RequestError(f"stream settings must be a JSON object, got {type(data).__name__}")
     try:
