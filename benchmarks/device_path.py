@@ -15,9 +15,10 @@ to core 0 with one torch thread (a device-like budget), and measures, per split 
   a rate limit), against the env's :class:`~splitlab.envs.device.DeviceModel` prediction for the same
   k, payload and link, before and after the fix (``rtt_s``: the round trip the model left out).
 
-The compute speeds the model needs are calibrated apart from the path, in-process on core 0 (one
-decode step through the head and through the tail, per layer); the serving hops' fixed cost is
-calibrated on the loopback run (no emulator) and then used unchanged for the two emulated links.
+The speeds the model needs (UE and edge seconds per layer, the output head, the serving hops) are
+calibrated on a loopback run first (no emulator; the edge reports its compute per step in each token
+frame) and used unchanged for the two emulated links. Each step is also split into UE compute, edge
+compute and the rest (link + hops), so the link model is checked apart from the machine's compute noise.
 
 How to run:  nice .venv/bin/python benchmarks/device_path.py [--model smollm2] [--ks 0,4,10,15]
              [--tokens 8] [--prompts 2] [--ppl-windows 8 --ppl-window 64] [--quick]
@@ -79,38 +80,24 @@ def mean_ci(values: list[float]) -> dict:
 
 
 # ---------------------------------------------------------------------- calibration
-def calibrate_compute(full, ue_model, k_max: int, steps: int = 24) -> dict:
-    """Seconds of one decode step (1 token): per head layer (UE model), per tail layer and the output head.
+def calibrate(loop: dict, num_layers: int) -> dict:
+    """This machine's speeds from the loopback run's own per-step timings (no emulated link).
 
-    The tail is timed at k = 0 (every layer, norm and head) and at k = L (norm and head only), so the
-    head's cost is separated from the layers'.
+    UE seconds per layer: median over k > 0 of the head's compute per step / k. Edge: least squares of
+    the edge's reported compute per step on its layer count, ``edge = head + per_layer * (L - k)`` (the
+    intercept is the final norm and output head). Serving hops: median of what a step spends outside
+    both computes on loopback.
     """
-    import torch
+    import numpy as np
 
-    from splitlab.llm.generation import EdgeSession, UESession
-
-    L = full.num_layers
-    ids = torch.tensor([full.tokenizer(PROMPTS[0]).input_ids])
-    ue = UESession(ue_model, k_max)
-    ue.prefill(ids)
-    pairs = {k: (UESession(full, k), EdgeSession(full, k)) for k in (0, L)}
-    for up, down in pairs.values():
-        down.consume(up.prefill(ids))
-    head_s, tail_s = [], {0: [], L: []}
-    token = 42
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        ue.step(token)
-        head_s.append(time.perf_counter() - t0)
-        for k, (up, down) in pairs.items():
-            act = up.step(token)
-            t0 = time.perf_counter()
-            down.consume(act)
-            tail_s[k].append(time.perf_counter() - t0)
-    head_only = statistics.median(tail_s[L])
-    return {"ue_s_per_layer": statistics.median(head_s) / max(k_max, 1),
-            "edge_s_per_layer": max(statistics.median(tail_s[0]) - head_only, 0.0) / L,
-            "edge_output_head_s": head_only, "steps": steps}
+    ue = [statistics.median(r["step_ue_ms"]) / k for (k, _), r in loop.items() if k > 0]
+    tail = np.array([[1.0, num_layers - k] for (k, _) in loop])
+    edge = np.array([statistics.median(r["step_edge_ms"]) for r in loop.values()])
+    (head_ms, layer_ms), *_ = np.linalg.lstsq(tail, edge, rcond=None)
+    hops = [statistics.median([s - u - e for s, u, e in zip(r["step_ms"], r["step_ue_ms"], r["step_edge_ms"])])
+            for r in loop.values()]
+    return {"ue_s_per_layer": statistics.median(ue) / 1000, "edge_s_per_layer": max(float(layer_ms), 1e-6) / 1000,
+            "edge_output_head_s": max(float(head_ms), 0.0) / 1000, "serving_hops_s": max(statistics.median(hops), 0.0) / 1000}
 
 
 def device_model(cal: dict, hidden: int, fixed: bool, rtt_s: float = 0.0):
@@ -122,6 +109,7 @@ def device_model(cal: dict, hidden: int, fixed: bool, rtt_s: float = 0.0):
 
     flops = DeviceModel(tokens=1).layer_flops(hidden)
     extra = {"rtt_s": rtt_s, "edge_fixed_s": cal["edge_output_head_s"]} if fixed else {}
+    # The env's FLOP model: 2 x 12 h^2 per layer and token (SmolLM2's real layer has 3.5M weights, 12 h^2 = 4.0M).
     return DeviceModel(ue_flops=flops / cal["ue_s_per_layer"], edge_flops=flops / cal["edge_s_per_layer"],
                        tokens=1, **extra)
 
@@ -134,13 +122,13 @@ def env_link(fmt: str, rate_bps: float):
     return ChannelConfig(kind="clean", quant=fmt, snr_db=SNR_DB, bandwidth_hz=bandwidth)
 
 
-def predict_ms(cal: dict, k: int, num_layers: int, hidden: int, fmt: str, rate_bps: float, fixed: bool,
-               rtt_s: float = 0.0) -> float:
-    """Per-token latency the env's model predicts (tokens = 1: one decode step)."""
+def predict(cal: dict, k: int, num_layers: int, hidden: int, fmt: str, rate_bps: float, fixed: bool,
+            rtt_s: float = 0.0):
+    """The env model's :class:`~splitlab.envs.device.Latency` of one decode step (tokens = 1)."""
     from splitlab.channel import link_cost
 
     tx = link_cost(1, hidden, env_link(fmt, rate_bps)).tx_time_s
-    return 1000 * device_model(cal, hidden, fixed, rtt_s).latency(k, num_layers, hidden, tx).total_s
+    return device_model(cal, hidden, fixed, rtt_s).latency(k, num_layers, hidden, tx)
 
 
 # ---------------------------------------------------------------------- runs
@@ -150,11 +138,13 @@ def run_generation(client, ks, formats, prompts, tokens, refs=None) -> dict:
     for k in ks:
         for fmt in formats:
             client.fmt = fmt
-            steps, up, down, frames, ue_s, equal, app_up = [], 0, 0, 0, 0.0, [], []
+            steps, step_ue, step_edge, up, down, frames, ue_s, equal, app_up = [], [], [], 0, 0, 0, 0.0, [], []
             for i, prompt in enumerate(prompts):
                 g = client.generate(prompt, k, tokens)
                 s = g.stats
                 steps += s.step_s
+                step_ue += s.step_ue_s
+                step_edge += s.step_edge_s
                 ids = client.model.tokenizer(prompt).input_ids
                 prefill_frame = 20 + len(ids) * _row_bytes(fmt, client.model.hidden_size)
                 settings = len(json.dumps({"temperature": 0.0, "top_p": 1.0, "seed": 0}))
@@ -163,7 +153,8 @@ def run_generation(client, ks, formats, prompts, tokens, refs=None) -> dict:
                 ue_s += s.ue_compute_s
                 if refs is not None:
                     equal.append(g.token_ids == refs[i][: len(g.token_ids)])
-            out[(k, fmt)] = {"step_ms": [1000 * x for x in steps], "bytes_per_token": statistics.fmean(app_up),
+            out[(k, fmt)] = {"step_ms": [1000 * x for x in steps], "step_ue_ms": [1000 * x for x in step_ue],
+                             "step_edge_ms": [1000 * x for x in step_edge], "bytes_per_token": statistics.fmean(app_up),
                              "bytes_down_per_token": down / frames, "bytes_up_total": up, "frames": frames,
                              "ue_compute_ms_per_frame": 1000 * ue_s / frames,
                              "greedy_equal": equal}
@@ -237,17 +228,11 @@ def main() -> None:
             ids = full.tokenizer(p).input_ids
             refs.append(full.model.generate(torch.tensor([ids]), max_new_tokens=args.tokens, do_sample=False,
                                             pad_token_id=0, eos_token_id=full.tokenizer.eos_token_id)[0, len(ids):].tolist())
-        cal = calibrate_compute(full, client.model, max(ks))
-        print("calibration", cal, flush=True)
-
-        # Loopback (no emulator): greedy equality, and the serving hops' fixed cost.
+        # Loopback (no emulator): greedy equality, and the machine's speeds and serving hops.
         loop = run_generation(client, ks, formats, prompts, args.tokens, refs)
-        hops = []
-        for (k, fmt), r in loop.items():
-            compute_ms = predict_ms(cal, k, L, H, fmt, 1e12, fixed=True)  # compute and output head, no link
-            hops.append(statistics.median(r["step_ms"]) - compute_ms)
-        hop_s = max(statistics.median(hops), 0.0) / 1000
-        print(f"serving hops {1000 * hop_s:.1f} ms per token", flush=True)
+        cal = calibrate(loop, L)
+        hop_s = cal["serving_hops_s"]
+        print("calibration", cal, flush=True)
 
         # Two emulated links.
         links = {}
@@ -297,13 +282,21 @@ def main() -> None:
             for name, (spec, rows) in links.items():
                 r = rows[(k, fmt)]
                 measured = statistics.fmean(r["step_ms"])
-                before = predict_ms(cal, k, L, H, fmt, spec.rate_bps, fixed=False)
-                after = predict_ms(cal, k, L, H, fmt, spec.rate_bps, fixed=True, rtt_s=2 * spec.delay_s + hop_s)
+                outside = [s - u - e for s, u, e in zip(r["step_ms"], r["step_ue_ms"], r["step_edge_ms"])]
+                env = predict(cal, k, L, H, fmt, spec.rate_bps, fixed=False)
+                fixed = predict(cal, k, L, H, fmt, spec.rate_bps, fixed=True, rtt_s=2 * spec.delay_s + hop_s)
+                before, after = 1000 * env.total_s, 1000 * fixed.total_s
                 row["links"][name] = {
                     "latency_ms_per_token": mean_ci(r["step_ms"]),
                     "predicted_ms_per_token_env": before, "ratio_measured_vs_env": measured / before,
                     "predicted_ms_per_token_fixed": after, "ratio_measured_vs_fixed": measured / after,
                     "error_env": (before - measured) / measured, "error_fixed": (after - measured) / measured,
+                    "ue_compute_ms": mean_ci(r["step_ue_ms"]), "ue_compute_ms_predicted": 1000 * env.ue_s,
+                    "edge_compute_ms": mean_ci(r["step_edge_ms"]),
+                    "edge_compute_ms_predicted_env": 1000 * env.edge_s,
+                    "edge_compute_ms_predicted_fixed": 1000 * fixed.edge_s,
+                    "link_ms": mean_ci(outside), "link_ms_predicted_env": 1000 * env.tx_s,
+                    "link_ms_predicted_fixed": 1000 * (fixed.tx_s + fixed.rtt_s),
                     "link_tcp_bytes_up": r["link_tcp_bytes_up"], "app_bytes_up": r["bytes_up_total"],
                     "frames": r["frames"]}
             points.append(row)
@@ -313,11 +306,11 @@ def main() -> None:
         "links": {name: spec.model_dump() for name, (spec, _) in links.items()},
         "env_link": f"clean Shannon link at {SNR_DB} dB with the bandwidth giving the emulated rate; "
                     "DeviceModel(tokens=1) with calibrated ue_flops/edge_flops",
-        "calibration": {**cal, "serving_hops_ms": 1000 * hop_s,
-                        "note": "compute per layer and the output head measured in-process on core 0 (one decode "
-                                "step); serving hops = loopback per-token latency minus the fixed model's compute, "
-                                "median over (k, format); fixed model: rtt_s = 2 x delay + hops, edge_fixed_s = "
-                                "output head"},
+        "calibration": {**cal, "note": "from the loopback run (no emulated link): UE s/layer = median head compute "
+                                       "per step / k; edge = least squares of the edge's reported compute on L - k "
+                                       "(intercept: norm + output head); serving hops = median time outside both "
+                                       "computes. Env model: DeviceModel(tokens=1) with these speeds; fixed model: "
+                                       "+ rtt_s = 2 x delay + hops, + edge_fixed_s = output head"},
         "ppl_windows": {"corpus": "wiki", "n": args.ppl_windows, "window": args.ppl_window,
                         "in_process_ppl_fp32_full": math.exp(statistics.fmean(in_process)),
                         "ci": "95% over windows (normal approximation); deterministic windows, greedy, no seeds"},
@@ -332,7 +325,9 @@ def main() -> None:
     print(f"wrote {out_path}")
     for p in points:
         links_txt = "  ".join(f"{n}: {v['latency_ms_per_token']['mean']:.1f} ms vs env {v['predicted_ms_per_token_env']:.1f}"
-                              f" / fixed {v['predicted_ms_per_token_fixed']:.1f}" for n, v in p["links"].items())
+                              f" / fixed {v['predicted_ms_per_token_fixed']:.1f} (link {v['link_ms']['mean']:.1f} vs "
+                              f"{v['link_ms_predicted_env']:.2f} / {v['link_ms_predicted_fixed']:.1f})"
+                              for n, v in p["links"].items())
         ratio = p["ppl_ratio_vs_fp32"]["mean"] if p["ppl_ratio_vs_fp32"] else float("nan")
         print(f"k={p['k']:2d} {p['format']}: {p['bytes_per_token']:.0f} B/token, ppl x{ratio:.4f}, "
               f"greedy {p['greedy_equal']['equal']}/{p['greedy_equal']['prompts']}  {links_txt}")

@@ -96,7 +96,8 @@ def test_token_frames_round_trip():
     assert (reply.value, reply.position, reply.logprob, reply.is_resend) == (7, 12, -0.5, False)
     assert reply.top == ((7, -0.5), (3, -1.5)) and np.allclose(reply.full, full)
     assert decode_token(encode_resend(4)).is_resend and decode_token(encode_resend(4)).value == 4
-    assert len(encode_token(7, 12, -0.5)) == 20  # the downlink costs 20 bytes per token without logprobs
+    assert len(encode_token(7, 12, -0.5)) == 24  # the downlink costs 24 bytes per token without logprobs
+    assert decode_token(encode_token(7, 12, -0.5, edge_s=0.0123)).edge_s == pytest.approx(0.0123, abs=1e-6)
 
 
 def test_api_key_check():
@@ -184,9 +185,10 @@ def test_greedy_output_equals_generate_over_both_transports(client, tiny_full):
         assert out.token_ids == ref, (transport, fmt, k)
         assert out.text == tiny_full.tokenizer.decode(ref, skip_special_tokens=True)
         stats = out.stats
-        assert stats.frames == 12 and stats.bytes_down == 12 * 20
+        assert stats.frames == 12 and stats.bytes_down == 12 * 24
         row = {"fp32": 4 * 64, "fp16": 2 * 64}[fmt]
         settings = stats.bytes_up - (20 + len(ids) * row) - 11 * (20 + row)
+        assert len(stats.step_edge_s) == 11 and all(0 < e < s for e, s in zip(stats.step_edge_s, stats.step_s))
         assert 0 <= settings < 100  # the first frame carries the prompt, then one row per token (+ settings)
     client.fmt, client.transport = "fp32", _transport(client, "ws")
     assert _wait_freed() == 0

@@ -44,6 +44,8 @@ class DeviceStats:
     ue_compute_s: float = 0.0
     prefill_s: float = 0.0  # prompt: head + send + first token back
     step_s: list[float] = field(default_factory=list)  # per later token: head + send + token back
+    step_ue_s: list[float] = field(default_factory=list)  # of which the head's compute
+    step_edge_s: list[float] = field(default_factory=list)  # of which the edge's compute (it reports it)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -130,13 +132,17 @@ class DeviceClient:
             t0 = time.perf_counter()
             act = self._compute(stats, session.prefill, torch.tensor([ids]))
             start = 0
+            ue_s = 0.0
             for i in range(max_tokens):
-                token = self._exchange(stream, session, stats, act.hidden, start).value
+                reply = self._exchange(stream, session, stats, act.hidden, start)
+                token = reply.value
                 now = time.perf_counter()
                 if i == 0:
                     stats.prefill_s = now - t0
                 else:
                     stats.step_s.append(now - t0)
+                    stats.step_ue_s.append(ue_s)
+                    stats.step_edge_s.append(reply.edge_s)
                 delta = text.add(token)
                 if token in self.eos_ids or text.stopped:
                     finish = "stop"
@@ -148,6 +154,7 @@ class DeviceClient:
                     t0 = time.perf_counter()
                     start = session.length
                     act = self._compute(stats, session.step, token)
+                    ue_s = time.perf_counter() - t0
             rest = text.flush()
             if rest:
                 yield rest

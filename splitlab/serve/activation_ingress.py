@@ -314,7 +314,8 @@ class ActivationIngress:
                                            "type": "server_error", "param": None, "code": None}}, status_code=503)
         if "resend_from" in reply:
             return encode_resend(int(reply["resend_from"]))
-        return encode_token(reply["token"], reply["position"], reply["logprob"], reply["top"], reply.get("full"))
+        return encode_token(reply["token"], reply["position"], reply["logprob"], reply["top"], reply.get("full"),
+                            reply["compute_s"])
 
     def _request_id(self, authorization: str | None, stream_id: str) -> str:
         # Streams of different keys never share a cache, even when two clients draw the same id.

@@ -22,7 +22,8 @@ Down, one **token frame** per activation frame::
     0  4  magic b"SLT1"    4  1  kind (1 token, 2 resend_from)    5  1  flags (bit 0: full logprobs follow)
     6  2  n_top             8  4  value (token id, or the position to resend from)
     12 4  position (of the sampled token)        16 4  logprob (fp32, of the sampled token)
-    20 ...  n_top x (int32 id, fp32 logprob), then if flag 0: uint32 T, uint32 V and T x V fp32
+    20 4  edge_us (the edge's compute for this step, microseconds: telemetry for the device's cost model)
+    24 ...  n_top x (int32 id, fp32 logprob), then if flag 0: uint32 T, uint32 V and T x V fp32
             log-probabilities (the next-token distribution after each position of the frame)
 
 The receiver checks the header against :class:`WireLimits` before it looks at the payload, and
@@ -49,8 +50,8 @@ FORMAT_CODES: dict[str, int] = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
 FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
 FRAME_HEADER = struct.Struct("<4sBBHIII")
 """magic, version, format, k, start, tokens, hidden: 20 bytes."""
-TOKEN_HEADER = struct.Struct("<4sBBHiIf")
-"""magic, kind, flags, n_top, value, position, logprob: 20 bytes."""
+TOKEN_HEADER = struct.Struct("<4sBBHiIfI")
+"""magic, kind, flags, n_top, value, position, logprob, edge_us: 24 bytes."""
 TOP_ENTRY = struct.Struct("<if")
 KIND_TOKEN, KIND_RESEND = 1, 2
 FLAG_FULL = 1
@@ -108,6 +109,7 @@ class TokenReply:
     value: int
     position: int = 0
     logprob: float = 0.0
+    edge_s: float = 0.0
     top: tuple[tuple[int, float], ...] = ()
     full: np.ndarray | None = None  # [T, V] float32 log-probabilities after each position of the frame
 
@@ -197,11 +199,12 @@ def _check_values(payload: np.ndarray, header: FrameHeader) -> None:
 
 # ---------------------------------------------------------------------- token frames (down)
 def encode_token(token: int, position: int, logprob: float, top: list[tuple[int, float]] | None = None,
-                 full: np.ndarray | None = None) -> bytes:
+                 full: np.ndarray | None = None, edge_s: float = 0.0) -> bytes:
     """One sampled token (and optionally its alternatives and the whole distribution) -> bytes."""
     top = top or []
+    edge_us = min(int(edge_s * 1e6), 2**32 - 1)
     out = [TOKEN_HEADER.pack(TOKEN_MAGIC, KIND_TOKEN, FLAG_FULL if full is not None else 0, len(top), token,
-                             position, logprob)]
+                             position, logprob, edge_us)]
     out += [TOP_ENTRY.pack(i, lp) for i, lp in top]
     if full is not None:
         full = np.ascontiguousarray(full, dtype="<f4").reshape(-1, np.shape(full)[-1])  # [T, V]
@@ -211,14 +214,14 @@ def encode_token(token: int, position: int, logprob: float, top: list[tuple[int,
 
 def encode_resend(start: int) -> bytes:
     """The edge lacks positions >= ``start`` of this stream's cache: resend them."""
-    return TOKEN_HEADER.pack(TOKEN_MAGIC, KIND_RESEND, 0, 0, start, 0, 0.0)
+    return TOKEN_HEADER.pack(TOKEN_MAGIC, KIND_RESEND, 0, 0, start, 0, 0.0, 0)
 
 
 def decode_token(raw: bytes) -> TokenReply:
     """Parse a token frame (the client's side); ValueError on anything malformed."""
     if len(raw) < TOKEN_HEADER.size:
         raise ValueError(f"token frame is {len(raw)} bytes, shorter than its {TOKEN_HEADER.size}-byte header")
-    magic, kind, flags, n_top, value, position, logprob = TOKEN_HEADER.unpack_from(raw)
+    magic, kind, flags, n_top, value, position, logprob, edge_us = TOKEN_HEADER.unpack_from(raw)
     if magic != TOKEN_MAGIC or kind not in (KIND_TOKEN, KIND_RESEND):
         raise ValueError(f"not a token frame: magic {magic!r}, kind {kind}")
     offset = TOKEN_HEADER.size
@@ -231,4 +234,4 @@ def decode_token(raw: bytes) -> TokenReply:
         offset += 8 + 4 * rows * vocab
     if offset != len(raw):
         raise ValueError(f"token frame is {len(raw)} bytes, its header describes {offset}")
-    return TokenReply(kind, value, position, logprob, top, full)
+    return TokenReply(kind, value, position, logprob, edge_us / 1e6, top, full)
