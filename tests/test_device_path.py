@@ -335,3 +335,13 @@ def test_device_model_counts_the_round_trip_and_the_output_head():
     assert b.as_metrics()["latency/rtt_s"] == 0.05 and a.rtt_s == 0.0
     with pytest.raises(ValueError, match="rtt_s"):
         DeviceModel(rtt_s=-1.0)
+
+
+def test_ue_cli_reports_bad_input_and_an_unreachable_edge_in_one_line(capsys):
+    from splitlab.cli import main
+    from splitlab.serve.local import free_port
+
+    for argv, words in ((["--k", "deep"], "--k must be a split point"), ([], "Connection refused")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["ue", f"http://127.0.0.1:{free_port()}", "hello", *argv])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err
