@@ -220,6 +220,34 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ue(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    import requests
+
+    from splitlab.client import DeviceClient
+    from splitlab.client.transport import EdgeRefused
+
+    if args.k != "policy" and not args.k.isdigit():
+        raise ValueError(f"--k must be a split point (an integer) or 'policy', got {args.k!r}")
+    k = args.k if args.k == "policy" else int(args.k)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    try:
+        client = DeviceClient(args.url, model=args.model, max_k=args.max_k, fmt=args.format,
+                              transport=args.transport, api_key=args.api_key or os.environ.get("SPLITLAB_API_KEY"))
+        for delta in client.stream(prompt, k, args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                   seed=args.seed, stop=args.stop, snr_db=args.snr_db):
+            print(delta, end="", flush=True)
+    except (EdgeRefused, requests.RequestException) as err:  # the edge's answer, in one line
+        raise ValueError(str(err)) from None
+    print()
+    if args.stats:
+        print(json.dumps({"finish_reason": client.last.finish_reason, **client.last.stats.as_dict()}),
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -413,6 +441,33 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("name", nargs="?", default=None, help="which config (schema only; default: all)")
     config.add_argument("--out", default="docs/config.md", help="where docs writes (default docs/config.md)")
     config.set_defaults(func=cmd_config)
+    ue = sub.add_parser(
+        "ue", help="run the device's half: first k layers here, activations to an edge, tokens back",
+        description="This runs the UE half of split inference on this machine against an edge started with "
+                    "`serve run splitlab.serve.activation_ingress:build model=smollm2`: it loads only the first "
+                    "layers' weights and the tokenizer, sends the hidden state after layer k (never text or "
+                    "token ids) and streams the text of the tokens the edge sends back. "
+                    "How to run: splitlab ue http://127.0.0.1:8000 'The capital of France is' --k 4 "
+                    "--format int8 --max-tokens 16 [--k policy --snr-db 12] [--stats]. "
+                    "Results to expect: with --format fp32 or fp16 and --temperature 0 the text equals the "
+                    "unsplit model's greedy output; --stats prints bytes up/down and ms per token to stderr.",
+    )
+    ue.add_argument("url", help="the edge, e.g. http://127.0.0.1:8000")
+    ue.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read stdin)")
+    ue.add_argument("--k", default="policy", help="split point, or 'policy' to ask the edge (default)")
+    ue.add_argument("--snr-db", type=float, default=30.0, help="the device's link SNR estimate for the policy")
+    ue.add_argument("--model", default=None, help="local model spec (default: the one the edge serves)")
+    ue.add_argument("--max-k", type=int, default=None, help="deepest split to load layers for (default: the edge's)")
+    ue.add_argument("--format", default="fp16", choices=["fp32", "fp16", "bf16", "int8"], help="payload format")
+    ue.add_argument("--transport", default="ws", choices=["ws", "http"], help="WebSocket stream or one POST per token")
+    ue.add_argument("--api-key", default=None, help="the edge's API key (default: $SPLITLAB_API_KEY)")
+    ue.add_argument("--max-tokens", type=int, default=32)
+    ue.add_argument("--temperature", type=float, default=0.0)
+    ue.add_argument("--top-p", type=float, default=1.0)
+    ue.add_argument("--seed", type=int, default=0)
+    ue.add_argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
+    ue.add_argument("--stats", action="store_true", help="print the generation's bytes and timings as JSON to stderr")
+    ue.set_defaults(func=cmd_ue)
     return parser
 
 

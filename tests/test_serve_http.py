@@ -424,7 +424,7 @@ def guarded(service):
 def test_api_keys_on_and_off(service, guarded):
     body = {"prompt": "Hi", "max_tokens": 2}
     r = post(guarded, "/v1/completions", body)
-    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer wrong-key-0000"}).status_code == 401
     assert post(guarded, "/v1/completions", body, headers_extra={"Authorization": "Bearer test-key-123456"}).status_code == 200
     assert requests.get(guarded + "/v1/models", timeout=30).status_code == 401

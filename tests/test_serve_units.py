@@ -207,7 +207,7 @@ def test_gate_checks_keys_in_constant_time_and_hosts():
     for bad in (None, "", "Bearer nope", "key-one-123", "Basic key-one-123"):
         with pytest.raises(RequestError) as info:
             gate.check_key(bad)
-        assert (info.value.status, info.value.body()["error"]["type"]) == (401, "authentication_error")
+        assert (info.value.status, info.value.body()["error"]["code"]) == (401, "invalid_api_key")
     Gate([], ["localhost"]).check_key(None)  # no keys configured: open
     for host in ("127.0.0.1:8000", "localhost", "[::1]:80", "LOCALHOST:1"):
         gate.check_host(host)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict
 
-from splitlab.config import ConfigModel, PositiveFloat, PositiveInt
+from splitlab.config import ConfigModel, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,16 @@ class Latency:
     """Time on air for the hidden state."""
     edge_s: float
     """Edge compute for the tail, queueing behind other users' tails included."""
+    rtt_s: float = 0.0
+    """Fixed round-trip time of the exchange (propagation both ways, serving hops): ``DeviceModel.rtt_s``."""
 
     @property
     def total_s(self) -> float:
-        return self.ue_s + self.tx_s + self.edge_s
+        return self.ue_s + self.tx_s + self.edge_s + self.rtt_s
 
     def as_metrics(self, prefix: str = "latency/") -> dict[str, float]:
         return {f"{prefix}ue_s": self.ue_s, f"{prefix}tx_s": self.tx_s, f"{prefix}edge_s": self.edge_s,
-                f"{prefix}total_s": self.total_s}
+                f"{prefix}rtt_s": self.rtt_s, f"{prefix}total_s": self.total_s}
 
 
 class DeviceModel(ConfigModel):
@@ -57,6 +59,13 @@ class DeviceModel(ConfigModel):
     """Weights per decoder layer; None estimates ``12 * hidden**2`` (attention 4h^2 + MLP 8h^2)."""
     tokens: PositiveInt = 128
     """Tokens per request: the prefill window whose hidden state crosses the link at once."""
+    rtt_s: NonNegativeFloat = 0.0
+    """Fixed time per UE -> edge -> UE exchange that neither compute nor air time covers: the link's
+    propagation delay both ways plus the serving hops. The device-path benchmark measured it: 0 made the
+    model miss per-token latency by the whole round trip (benchmarks/device_path.py)."""
+    edge_fixed_s: NonNegativeFloat = 0.0
+    """Edge compute per request outside the decoder layers (final norm and output head, whatever k is);
+    on SmolLM2 the 49152 x 576 output head costs about as much as 8 layers for one decoded token."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | DeviceModel | None, name: str = "device") -> DeviceModel:
@@ -85,4 +94,4 @@ class DeviceModel(ConfigModel):
         per_layer = self.layer_flops(hidden)
         tail = num_layers - k if edge_tail_layers is None else edge_tail_layers
         return Latency(ue_s=k * per_layer / (self.ue_flops * ue_budget), tx_s=float(tx_time_s),
-                       edge_s=tail * per_layer / self.edge_flops)
+                       edge_s=tail * per_layer / self.edge_flops + self.edge_fixed_s, rtt_s=self.rtt_s)

@@ -31,7 +31,7 @@ class Gate:
     """API keys and allowed Host names (see the module docstring)."""
 
     def __init__(self, api_keys: Sequence[str], allowed_hosts: Sequence[str]):
-        self.keys = [key.encode() for key in api_keys]
+        self.keys = list(api_keys)
         self.any_host = "*" in allowed_hosts
         self.hosts = {h.lower().strip("[]") for h in allowed_hosts}
 
@@ -45,17 +45,35 @@ class Gate:
                                f"(set allowed_hosts)", "Host")
 
     def check_key(self, authorization: str | None) -> None:
-        if not self.keys:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        given = token.strip().encode()
-        # Compare against every key (no early exit), each in constant time.
-        ok = False
-        for key in self.keys:
-            ok |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not ok:
-            raise RequestError("missing or wrong API key: send Authorization: Bearer YOUR_KEY", "Authorization",
-                               status=401)
+        check_api_key(authorization, self.keys)
+
+
+class InvalidKey(RequestError):
+    """A missing or wrong API key: 401 in OpenAI's error shape (``code: invalid_api_key``)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "Authorization", status=401)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": "invalid_request_error", "param": None,
+                          "code": "invalid_api_key"}}
+
+
+def check_api_key(authorization: str | None, keys: Sequence[str]) -> None:
+    """Accept when ``keys`` is empty or the header's bearer token equals one of them; else raise :class:`InvalidKey`.
+
+    Every configured key is compared, each in constant time (``hmac.compare_digest``), so the time taken
+    tells nothing about which key, or how much of one, matched. The text and the device endpoints share it.
+    """
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    given = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    if scheme.lower() != "bearer" or not token.strip() or not matched:
+        raise InvalidKey("missing or wrong API key: send Authorization: Bearer YOUR_KEY")
 
 
 class Admission:

@@ -189,6 +189,22 @@ class EdgeStore:
             reply["top"] = top_logprobs(logprobs, msg.logprobs)
         return reply
 
+    def consume(self, request_id: str, msg: EdgeMessage) -> dict[str, Any]:
+        """Like :meth:`step`, but returns the logits of every position sent: ``{"logits": [T, V], "compute_s"}``
+        or ``{"resend_from": n}``.
+
+        The device path (:mod:`splitlab.serve.activation_step`) samples and scores the token itself.
+        """
+        self.sweep()
+        with self.lock:
+            entry, reply = self._admit(request_id, msg)
+            if reply is not None:
+                return reply
+            t0 = time.perf_counter()
+            positions = torch.arange(msg.start, msg.start + msg.hidden.shape[1]).unsqueeze(0)  # [1, T]
+            logits = entry.session.consume(Activation(msg.hidden, positions, None), every_position=True)  # [T, V]
+            return {"logits": logits, "compute_s": time.perf_counter() - t0}
+
     def release(self, request_id: str) -> bool:
         """Free a request's cache; True if there was one."""
         with self.lock:
@@ -252,6 +268,18 @@ class EdgeHalf:
             self.metrics["rebuilds"].inc()
         else:
             self.metrics["batch"].observe(reply.get("batch", 1))
+        self.metrics["sessions"].set(len(self.store.sessions))
+        return reply
+
+    async def step_activation(self, msg: EdgeMessage, top_logprobs: int = 0, full_logprobs: bool = False) -> dict:
+        """The device path's step: see :func:`splitlab.serve.activation_step.activation_step`."""
+        from splitlab.serve.activation_step import activation_step
+
+        request_id = serve.get_multiplexed_model_id()
+        if not request_id:
+            raise ValueError("edge steps need the request id as multiplexed_model_id")
+        reply = await asyncio.get_running_loop().run_in_executor(
+            self.pool, activation_step, self.store, request_id, msg, top_logprobs, full_logprobs)
         self.metrics["sessions"].set(len(self.store.sessions))
         return reply
 

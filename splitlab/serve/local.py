@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from splitlab.serve.config import ServeConfig
 
@@ -32,8 +33,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_local(config: ServeConfig, host: str = "127.0.0.1", port: int | None = None, num_cpus: int | None = None,
-                app_name: str = APP_NAME, route_prefix: str = "/", deployments: Mapping | None = None) -> str:
-    """Start an embedded Ray and Serve on ``host``, deploy the app, wait until it runs; returns its URL."""
+                app_name: str = APP_NAME, route_prefix: str = "/", deployments: Mapping | None = None,
+                app: Any = None) -> str:
+    """Start an embedded Ray and Serve on ``host``, deploy the app, wait until it runs; returns its URL.
+
+    ``app``: another bound application to run instead of the text service (the device path's edge).
+    """
     from ray import serve
 
     from splitlab.platform.ray_runtime import LOCAL, ensure_ray
@@ -42,7 +47,10 @@ def start_local(config: ServeConfig, host: str = "127.0.0.1", port: int | None =
     # Ray's own listeners (RPC, metrics export) on loopback whatever host the API is served on.
     ensure_ray(num_cpus, address=LOCAL, host=LOOPBACK, quiet=False)
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
-    deploy(config, app_name, route_prefix, deployments)
+    if app is None:
+        deploy(config, app_name, route_prefix, deployments)
+    else:
+        serve.run(app, name=app_name, route_prefix=route_prefix, blocking=False)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
