@@ -38,7 +38,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     cfg = AnalysisConfig(model=args.model, corpus=args.corpus, tokens=args.tokens, window=args.window,
                          splits=args.splits, channels=args.channels, rho=args.rho, snr_db=args.snr,
                          channel_settings=dict(args.set), tasks=args.tasks, task_items=args.task_items,
-                         seeds=args.seeds, seed=args.seed, out=args.out, tracking_uri=args.tracking_uri)
+                         privacy=args.privacy, privacy_fit_tokens=args.privacy_fit_tokens, seeds=args.seeds, seed=args.seed, out=args.out, tracking_uri=args.tracking_uri)
     grid, files, run_id = run_analysis(cfg, log=not args.no_mlflow)
     print(f"clean perplexity {grid['ppl_clean']:.3f} ({grid['tokens']} tokens of {grid['corpus']}); "
           f"{len(grid['rows'])} points in {grid['wall_time_s']:.0f} s")
@@ -53,8 +53,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for s in summary:
             print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s[task + '_best_k']:>6} "
                   f"{s[task + '_best_acc']:>6.3f} {s[task + '_worst_acc']:>9.3f}")
+    if "privacy" in grid:
+        _print_privacy(grid["privacy"])
     print(f"outputs in {args.out}/ ({len(files)} files)" + (f"; MLflow run {run_id}" if run_id else ""))
     return 0
+
+
+def _print_privacy(privacy: dict) -> None:
+    print(f"token leakage, clean channel ({privacy['tokens_eval']} held-out tokens, learned attack fitted on "
+          f"{privacy['tokens_fit']}; 95% CI: {privacy['ci95']}):")
+    print(f"{'k':>3} {'nn top-1':>20} {'learned top-1':>20}")
+    for r in privacy["clean"]:
+        print(f"{r['k']:>3} " + " ".join(f"{r[f'leak_{a}_top1']:>7.3f} [{r[f'leak_{a}_top1_lo']:.3f}, "
+                                         f"{r[f'leak_{a}_top1_hi']:.3f}]" for a in ("nn", "learned")))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -240,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--tasks", type=lambda t: [x for x in t.split(",") if x], default=[],
                          help="accuracy tasks at every point too: lambada, hellaswag (comma-separated; slow)")
     analyze.add_argument("--task-items", type=int, default=50, help="items per task (default 50)")
+    analyze.add_argument("--privacy", action="store_true",
+                         help="token leakage of inversion attacks at every point too, and a frontier plot per channel")
+    analyze.add_argument("--privacy-fit-tokens", type=int, default=4096,
+                         help="tokens the learned attack is fitted on, taken after the evaluated ones (default 4096)")
     analyze.add_argument("--seeds", type=int, default=3, help="noise seeds per point (default 3)")
     analyze.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     analyze.add_argument("--out", default="runs/analysis", help="output folder (default runs/analysis)")

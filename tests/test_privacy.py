@@ -88,3 +88,32 @@ def test_bad_inputs_are_named(tiny_llama: SplitModel):
     with pytest.raises(RuntimeError, match="needs fit"):
         RidgeInverter(torch.zeros(4, 2)).top(torch.zeros(1, 2))
     assert leakage_module.BOOTSTRAP_RESAMPLES >= 1000
+
+
+def test_analyze_privacy_adds_leakage_rows_plots_and_metrics(tmp_path, monkeypatch, capsys):
+    import json
+
+    import mlflow
+
+    from splitlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["analyze", "--model", "tiny-llama", "--tokens", "128", "--window", "64", "--seeds", "2",
+                 "--splits", "0,4", "--channels", "awgn", "--snr=-10,30", "--privacy", "--privacy-fit-tokens", "256",
+                 "--out", "out"])
+    assert code == 0
+    grid = json.loads((tmp_path / "out" / "grid.json").read_text())
+    assert (grid["privacy"]["tokens_eval"], grid["privacy"]["tokens_fit"]) == (128, 256)
+    for row in grid["rows"]:
+        assert row["leak_nn_top1_lo"] <= row["leak_nn_top1"] <= row["leak_nn_top1_hi"]
+        assert 0 <= row["leak_learned_top5"] <= 1
+    by = {(r["k"], r["value"]): r for r in grid["rows"]}
+    assert by[0, -10.0]["leak_nn_top1"] < by[0, 30.0]["leak_nn_top1"]  # noise hides the tokens
+    assert grid["privacy"]["clean"][0]["leak_nn_top1"] >= 0.99  # k = 0 sends the embeddings
+    for name in ("privacy.csv", "privacy_awgn.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    assert "token leakage, clean channel (128 held-out tokens" in capsys.readouterr().out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["splitlab-analysis"]).iloc[0]
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "privacy/leak_nn_top1_clean")
+    assert sorted(m.step for m in history) == [0, 4]

@@ -36,7 +36,8 @@ class NearestNeighbourInverter:
     def __init__(self, embeddings: torch.Tensor, chunk: int = 1024):
         if embeddings.ndim != 2:
             raise ValueError(f"embeddings must be [vocab, hidden], got shape {tuple(embeddings.shape)}")
-        self.unit = torch.nn.functional.normalize(embeddings.float(), dim=-1)  # [V, H]
+        self.embeddings = embeddings.float()  # [V, H]
+        self.unit = torch.nn.functional.normalize(self.embeddings, dim=-1)  # [V, H]
         self.chunk = chunk
 
     @torch.no_grad()

@@ -89,10 +89,41 @@ def layer_states_at(model: SplitModel, windows: torch.Tensor, ks: Sequence[int],
     return {k: torch.cat(parts) for k, parts in out.items()}
 
 
-def _received(states: torch.Tensor, corrupt: Corruption | None, batch_size: int) -> torch.Tensor:
-    """``states`` [N, W, H] through the channel, one call per batch as the perplexity grid does -> [N*W, H]."""
-    parts = [b if corrupt is None else corrupt(b) for b in states.split(batch_size)]
-    return torch.cat(parts).flatten(0, 1)
+@torch.no_grad()
+def attack_hits(received: torch.Tensor, token_ids: torch.Tensor, nn: NearestNeighbourInverter,
+                attacks: Sequence[str] = ATTACKS, fit: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Hits]:
+    """Score ``attacks`` on what the edge received, ``received`` [N, W, H] for input ``token_ids`` [N, W].
+
+    ``fit`` = (received fit vectors [M, W, H], their token ids [M, W]) trains the learned attack; its
+    text must be disjoint from ``token_ids``'s.
+    """
+    _check_attacks(attacks, fit is not None)
+    flat = received.flatten(0, 1)  # [N*W, H]
+    out: dict[str, Hits] = {}
+    for attack in attacks:
+        if attack == "nn":
+            guesses = nn.top(flat)
+        else:
+            ridge = RidgeInverter(nn.embeddings, nn=nn).fit(fit[0].flatten(0, 1), fit[1].flatten())
+            guesses = ridge.top(flat)
+        top1, top5 = recovered(guesses, token_ids.flatten())
+        out[attack] = Hits(top1.reshape(token_ids.shape), top5.reshape(token_ids.shape))
+    return out
+
+
+def _check_attacks(attacks: Sequence[str], have_fit: bool) -> None:
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise ValueError(f"attacks must be a non-empty list from {list(ATTACKS)}, got {list(attacks)}")
+    if "learned" in attacks and not have_fit:
+        raise ValueError("the learned attack needs fit_windows (text disjoint from the eval windows)")
+
+
+def received(states: torch.Tensor, corrupt: Corruption | None, batch_size: int = 8) -> torch.Tensor:
+    """``states`` [N, W, H] through the channel, one call per batch as the perplexity grid does -> [N, W, H]."""
+    if corrupt is None:
+        return states
+    return torch.cat([corrupt(b) for b in states.split(batch_size)])
 
 
 @torch.no_grad()
@@ -105,31 +136,15 @@ def leakage_grid(model: SplitModel, eval_windows: torch.Tensor, fit_windows: tor
     ``eval_windows`` [N, W] are scored; ``fit_windows`` [M, W] (text disjoint from them) train the
     learned attack and may be None when only ``nn`` is asked for. Returns ``key -> {attack: Hits}``.
     """
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown or not attacks:
-        raise ValueError(f"attacks must be a non-empty list from {list(ATTACKS)}, got {list(attacks)}")
-    if "learned" in attacks and fit_windows is None:
-        raise ValueError("the learned attack needs fit_windows (text disjoint from the eval windows)")
+    _check_attacks(attacks, fit_windows is not None)
     ks = sorted({k for k, _, _ in points.values()})
     eval_states = layer_states_at(model, eval_windows, ks, batch_size)
     fit_states = layer_states_at(model, fit_windows, ks, batch_size) if "learned" in attacks else {}
-    embeddings = input_embeddings(model)
-    nn = NearestNeighbourInverter(embeddings)
-    eval_ids = eval_windows.flatten()  # [N*W]
+    nn = NearestNeighbourInverter(input_embeddings(model))
     results: dict[Hashable, dict[str, Hits]] = {}
     for key, (k, corrupt_eval, corrupt_fit) in points.items():
-        received = _received(eval_states[k], corrupt_eval, batch_size)  # [N*W, H]
-        by_attack: dict[str, Hits] = {}
-        for attack in attacks:
-            if attack == "nn":
-                guesses = nn.top(received)
-            else:
-                ridge = RidgeInverter(embeddings, nn=nn)
-                ridge.fit(_received(fit_states[k], corrupt_fit, batch_size), fit_windows.flatten())
-                guesses = ridge.top(received)
-            top1, top5 = recovered(guesses, eval_ids)
-            by_attack[attack] = Hits(top1.reshape(eval_windows.shape), top5.reshape(eval_windows.shape))
-        results[key] = by_attack
+        fit = (received(fit_states[k], corrupt_fit, batch_size), fit_windows) if "learned" in attacks else None
+        results[key] = attack_hits(received(eval_states[k], corrupt_eval, batch_size), eval_windows, nn, attacks, fit)
         if on_point:
             on_point()
     return results
