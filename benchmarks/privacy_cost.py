@@ -66,18 +66,19 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--snr-db", type=float, default=10.0)
-    parser.add_argument("--splits", default=None, help="comma-separated k (default: all 0..L)")
+    parser.add_argument("--splits", default=None,
+                        help="comma-separated k in the order measured (default: all 0..L); the JSON is rewritten "
+                             "after each k, rows sorted by k")
     parser.add_argument("--context", type=int, default=256, help="cached tokens before the decoded one")
     parser.add_argument("--out", default=str(RESULTS / "privacy_cost.json"))
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     from splitlab.channel import Channel, ChannelConfig
-    from splitlab.envs.device_profiles import PROFILES, DeviceCostModel
+    from splitlab.envs.device_profiles import DeviceCostModel
     from splitlab.llm import SplitModel
     from splitlab.llm.corpora import token_windows
     from splitlab.llm.cost import LayerCosts
-    from splitlab.platform.analysis_plots import plot_privacy
     from splitlab.privacy import (NearestNeighbourInverter, attack_hits, input_embeddings, layer_states_at,
                                   pooled, received, split_windows)
 
@@ -139,12 +140,20 @@ def main() -> None:
               f"phone {row['energy_mj_per_token']['phone']:.2f} mJ {row['latency_ms_per_token']['phone']:.2f} ms "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
+        _write(args, model, eval_w, fit_w, link, rows, plot_rows, start, complete=len(rows) == len(ks))
+
+
+def _write(args, model, eval_w, fit_w, link, rows, plot_rows, start, complete: bool) -> None:
+    """Write the JSON (and the plot) after every k, so that an interrupted run keeps what it measured."""
+    from splitlab.envs.device_profiles import PROFILES
+    from splitlab.platform.analysis_plots import plot_privacy
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = plot_privacy(plot_rows, out.with_name("privacy_frontier.png"), args.model, eval_w.numel())
     result = {
         "model": args.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
-        "corpus": "wiki (exllamav2 wiki.utf8)", "window": w,
+        "corpus": "wiki (exllamav2 wiki.utf8)", "window": args.window, "complete": complete,
         "tokens_eval": int(eval_w.numel()), "tokens_fit": int(fit_w.numel()), "sequences_eval": int(len(eval_w)),
         "seeds": args.seeds, "noise": f"analog AWGN at {args.snr_db:g} dB per token (ChannelConfig kind=awgn)",
         "ci95": "percentile bootstrap over eval windows, 2000 resamples; noise seeds averaged within a window",
@@ -152,16 +161,16 @@ def main() -> None:
                     "learned": "ridge regression (standardised inputs, penalty chosen on 20% of the fit text) to the "
                                "input embedding, fitted on the fit text through the same k and channel, then nearest "
                                "neighbour; scored only on the eval text"},
-        "device": {"decode_context_tokens": args.context, "prefill_tokens": w, "edge": "edge-gpu",
+        "device": {"decode_context_tokens": args.context, "prefill_tokens": args.window, "edge": "edge-gpu",
                    "link": link.to_dict(), "profiles": {p: PROFILES[p].model_dump() for p in (*UE_PROFILES, "edge-gpu")},
                    "energy": "UE only: FLOPs x J/FLOP + DRAM bytes x J/byte + radio power x airtime",
                    "latency": "roofline UE + airtime + roofline edge, peak rates (a lower bound)"},
-        "rows": rows, "plot": plot.name, "wall_time_s": time.perf_counter() - start,
+        "rows": sorted(rows, key=lambda r: r["k"]), "plot": plot.name, "wall_time_s": time.perf_counter() - start,
         "load_average": list(os.getloadavg()),
     }
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out} and {plot} in {result['wall_time_s']:.0f} s; load average {result['load_average']}")
-
+    if complete:
+        print(f"wrote {out} and {plot} in {result['wall_time_s']:.0f} s; load average {result['load_average']}")
 
 if __name__ == "__main__":
     main()

@@ -137,7 +137,8 @@ def test_reward_functions_are_shared_and_vectorised():
     assert np.allclose(terms.total, [0.9, -5.0])
     w = wireless_reward(40.0, 20.0, 3, 30, 0.2, 0.1, w_q=2.0, w_c=1.0, w_l=0.5)
     assert w.total == pytest.approx(-2 * math.log(2) - 0.1 - 1.0)
-    assert set(w.as_metrics()) == {"reward/quality", "reward/compute", "reward/latency", "reward/total"}
+    assert set(w.as_metrics()) == {"reward/quality", "reward/compute", "reward/latency", "reward/privacy",
+                                   "reward/energy", "reward/total"}
 
 
 def test_link_cost_is_the_channel_packages():

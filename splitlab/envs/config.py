@@ -14,9 +14,12 @@ from splitlab.channel import ChannelConfig, GaussMarkovSNR, PathLossMobility
 from splitlab.channel.validation import check_choice, check_int, check_range, dataclass_from_mapping
 from splitlab.envs.device import DeviceModel
 from splitlab.envs.reward_models import RewardModel
+from splitlab.envs.split_tables import SplitTable
 
 PRESETS = ("paper", "wireless")
 """Accepted values of ``preset``."""
+PRIVACY_MODES = ("constraint", "penalty")
+"""Accepted values of ``privacy_mode``."""
 PAPER_ACTIONS = ("relative", "absolute")
 """Accepted values of ``paper_actions``."""
 DYNAMICS_KINDS: dict[str, type] = {"gauss_markov": GaussMarkovSNR, "path_loss": PathLossMobility}
@@ -119,6 +122,22 @@ class SplitEnvConfig:
     """Observation normalisation: SNR feature = (SNR_est - snr_ref_db) / snr_scale_db."""
     snr_scale_db: float = 10.0
     """Observation normalisation scale in dB (also for the trend)."""
+    privacy_table: Any = None
+    """Token leakage per split (top-1 recovery in [0, 1]): a mapping k -> value, or {"path", "key"} reading a
+    ``benchmarks/privacy_cost.py`` result or an ``analyze --privacy`` grid.json (see envs.split_tables); None: no
+    privacy term."""
+    privacy_budget: float = 1.0
+    """Largest leakage a split may have (1: no limit); needs ``privacy_table`` when below 1."""
+    privacy_mode: str = "constraint"
+    """``constraint``: candidate splits whose leakage exceeds the budget leave the action set; ``penalty``: they
+    stay and the reward loses ``w_p * (leakage - budget)``."""
+    w_p: float = 10.0
+    """Weight of the privacy penalty (``penalty`` mode)."""
+    energy_table: Any = None
+    """UE energy per split (any unit, e.g. mJ per token): a mapping k -> value or {"path", "key", "profile"};
+    None: no energy term."""
+    w_e: float = 0.0
+    """Weight of the energy term ``energy_k / max(energy over the table)``; needs ``energy_table`` when > 0."""
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESETS)
@@ -164,6 +183,18 @@ class SplitEnvConfig:
             raise ValueError(f"ue_budget_range must lie in (0, 1], got {list(self.ue_budget_range)}")
         check_range("snr_ref_db", self.snr_ref_db)
         check_range("snr_scale_db", self.snr_scale_db, 0.0, low_open=True)
+        check_range("privacy_budget", self.privacy_budget, 0.0, 1.0)
+        check_choice("privacy_mode", self.privacy_mode, PRIVACY_MODES)
+        check_range("w_p", self.w_p, 0.0)
+        check_range("w_e", self.w_e, 0.0)
+        if self.privacy_table is not None:
+            self.privacy_table = SplitTable.from_spec(self.privacy_table, "privacy_table")
+        elif self.privacy_budget < 1.0:
+            raise ValueError(f"privacy_budget={self.privacy_budget} needs a privacy_table (leakage per split)")
+        if self.energy_table is not None:
+            self.energy_table = SplitTable.from_spec(self.energy_table, "energy_table")
+        elif self.w_e > 0:
+            raise ValueError(f"w_e={self.w_e} needs an energy_table (UE energy per split)")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | SplitEnvConfig | None) -> SplitEnvConfig:
@@ -183,7 +214,7 @@ class SplitEnvConfig:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, RewardModel):
+            if isinstance(v, (RewardModel, SplitTable)):
                 v = v.describe()
             elif dataclasses.is_dataclass(v):
                 v = {"kind": _dynamics_kind(v), **dataclasses.asdict(v)} if _dynamics_kind(v) else dataclasses.asdict(v)
