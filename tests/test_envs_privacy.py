@@ -83,3 +83,22 @@ def test_bad_privacy_settings_are_named(results):
         SplitEnv({**BASE, "privacy_mode": "mask"})
     with pytest.raises(ValueError, match="needs an energy_table"):
         SplitEnv({**BASE, "w_e": 1.0})
+
+
+def test_the_privacy_preset_takes_its_feasible_splits_from_the_measured_table():
+    """tune_configs/privacy.yaml allows k = 0; the committed SmolLM2 leakage table and the budget decide."""
+    from pathlib import Path
+
+    from splitlab.platform.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "tune_configs" / "privacy.yaml")
+    assert 0 in spec.env["candidate_ks"]
+    measured = {r["k"]: r["leakage_learned_top1"]
+                for r in json.loads((root / "benchmarks/results/privacy_cost.json").read_text())["rows"]}
+    env_cfg = {k: v for k, v in spec.env.items() if k != "env"}
+    env = SplitEnv({**env_cfg, "reward_model": {"kind": "synthetic", "channel": "awgn", "num_layers": 30,
+                                                "hidden_size": 576}})
+    budget = spec.env["privacy_budget"]
+    assert env.candidate_ks == tuple(k for k in spec.env["candidate_ks"] if measured[k] <= budget)
+    assert 0 < len(env.candidate_ks) < len(spec.env["candidate_ks"])

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 
 def plot_grid(grid: dict, out: Path) -> list[Path]:
@@ -119,9 +119,10 @@ def plot_privacy(rows: list[dict], out: Path, title: str, tokens: int) -> Path:
     ax_k.legend(fontsize=7)
     ax_k.set_title(f"{title}: what the edge recovers")
     ax_f.set_xscale("log")
+    ax_f.xaxis.set_minor_formatter(NullFormatter())  # narrow ranges would print overlapping minor labels
     ax_f.set_xlabel("perplexity at the edge (log)")
     ax_f.set_ylabel("top-1 token recovery")
     ax_f.set_ylim(-0.02, 1.02)
-    ax_f.set_title("privacy-utility frontier (colour: k; circle nn, square learned; edge: channel)")
+    ax_f.set_title("privacy-utility frontier\n(colour: k; circle nn, square learned; outline: channel)", fontsize=9)
     fig.colorbar(sc, ax=ax_f, label="k")
     return _save(fig, out)
