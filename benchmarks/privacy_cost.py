@@ -72,7 +72,12 @@ def main() -> None:
                              "after each k, rows sorted by k")
     parser.add_argument("--context", type=int, default=256, help="cached tokens before the decoded one")
     parser.add_argument("--out", default=str(RESULTS / "privacy_cost.json"))
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from the existing JSON")
     args = parser.parse_args()
+    if args.replot:
+        done = json.loads(Path(args.out).read_text())
+        print(_plot(done["rows"], args.snr_db, Path(args.out), done["model"], done["tokens_eval"]))
+        return
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     from splitlab.channel import Channel, ChannelConfig
@@ -103,7 +108,7 @@ def main() -> None:
     # The split is exact (tests/test_split_model.py), so the clean perplexity is the same at every k:
     # computed once, from the states after the last layer (only the final norm and the head run).
     nll_clean = _window_nll(model, eval_states[model.num_layers], eval_w, model.num_layers, 8)
-    rows, plot_rows = [], []
+    rows = []
     for k in ks:
         t0 = time.perf_counter()
         clean = attack_hits(eval_states[k], eval_w, nn, fit=(fit_states[k], fit_w))
@@ -132,28 +137,39 @@ def main() -> None:
         row[f"prefill_energy_mj_{w}_tokens"] = {p: 1e3 * float(c.energy_j[k]) for p, c in prefill.items()}
         row[f"prefill_latency_ms_{w}_tokens"] = {p: 1e3 * float(c.latency_s[k]) for p, c in prefill.items()}
         rows.append(row)
-        for label, suffix in (("clean", ""), (f"AWGN {args.snr_db:g} dB", f"_{tag}")):
-            plot_rows.append({"k": k, "channel": label, "ppl": row[f"ppl_clean" if not suffix else f"ppl_{tag}"],
-                              **{f"leak_{a}_top1{x}": (row[f"leakage_{a}_top1{suffix}"] if x == "" else
-                                                       row[f"leakage_{a}_top1{suffix}_ci95"][x == "_hi"])
-                                 for a in ("nn", "learned") for x in ("", "_lo", "_hi")}})
         print(f"k={k:2d} nn {row['leakage_nn_top1']:.3f}/{row[f'leakage_nn_top1_{tag}']:.3f} "
               f"learned {row['leakage_learned_top1']:.3f}/{row[f'leakage_learned_top1_{tag}']:.3f} "
               f"ppl {row['ppl_clean']:.2f}/{row[f'ppl_{tag}']:.2f} "
               f"phone {row['energy_mj_per_token']['phone']:.2f} mJ {row['latency_ms_per_token']['phone']:.2f} ms "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-        _write(args, model, eval_w, fit_w, link, rows, plot_rows, start, complete=len(rows) == len(ks))
+        _write(args, model, eval_w, fit_w, link, rows, start, complete=len(rows) == len(ks))
 
 
-def _write(args, model, eval_w, fit_w, link, rows, plot_rows, start, complete: bool) -> None:
+def _plot(rows: list[dict], snr_db: float, out: Path, model: str, tokens: int) -> Path:
+    """The leakage and frontier plot from the result rows: clean and AWGN series, both attacks."""
+    from splitlab.platform.analysis_plots import plot_privacy
+
+    tag, series = f"awgn_{snr_db:g}db", []
+    for row in rows:
+        for label, suffix, ppl in (("clean", "", "ppl_clean"), (f"AWGN {snr_db:g} dB", f"_{tag}", f"ppl_{tag}")):
+            entry = {"k": row["k"], "channel": label, "ppl": row[ppl]}
+            for a in ("nn", "learned"):
+                key = f"leakage_{a}_top1{suffix}"
+                entry.update({f"leak_{a}_top1": row[key], f"leak_{a}_top1_lo": row[f"{key}_ci95"][0],
+                              f"leak_{a}_top1_hi": row[f"{key}_ci95"][1]})
+            series.append(entry)
+    return plot_privacy(series, out.with_name("privacy_frontier.png"), model, tokens)
+
+
+def _write(args, model, eval_w, fit_w, link, rows, start, complete: bool) -> None:
     """Write the JSON (and the plot) after every k, so that an interrupted run keeps what it measured."""
     from splitlab.envs.device_profiles import PROFILES
-    from splitlab.platform.analysis_plots import plot_privacy
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot = plot_privacy(plot_rows, out.with_name("privacy_frontier.png"), args.model, eval_w.numel())
+    rows = sorted(rows, key=lambda r: r["k"])
+    plot = _plot(rows, args.snr_db, out, args.model, eval_w.numel())
     result = {
         "model": args.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
         "corpus": "wiki (exllamav2 wiki.utf8)", "window": args.window, "complete": complete,
@@ -168,7 +184,7 @@ def _write(args, model, eval_w, fit_w, link, rows, plot_rows, start, complete: b
                    "link": link.to_dict(), "profiles": {p: PROFILES[p].model_dump() for p in (*UE_PROFILES, "edge-gpu")},
                    "energy": "UE only: FLOPs x J/FLOP + DRAM bytes x J/byte + radio power x airtime",
                    "latency": "roofline UE + airtime + roofline edge, peak rates (a lower bound)"},
-        "rows": sorted(rows, key=lambda r: r["k"]), "plot": plot.name, "wall_time_s": time.perf_counter() - start,
+        "rows": rows, "plot": plot.name, "wall_time_s": time.perf_counter() - start,
         "load_average": list(os.getloadavg()),
     }
     out.write_text(json.dumps(result, indent=1) + "\n")

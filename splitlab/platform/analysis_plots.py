@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_grid(grid: dict, out: Path) -> list[Path]:
@@ -98,6 +98,7 @@ def plot_privacy(rows: list[dict], out: Path, title: str, tokens: int) -> Path:
     fig, (ax_k, ax_f) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"nn": ("o", "--", "nearest neighbour"), "learned": ("s", "-", "learned (ridge)")}
     colors = dict(zip(channels, plt.cm.tab10(np.arange(len(channels)))))
+    k_lo, k_hi = min(r["k"] for r in rows), max(r["k"] for r in rows)  # one colour scale for every series
     for channel in channels:
         line = sorted((r for r in rows if r["channel"] == channel), key=lambda r: r["k"])
         ks = np.array([r["k"] for r in line])
@@ -109,8 +110,8 @@ def plot_privacy(rows: list[dict], out: Path, title: str, tokens: int) -> Path:
             hi = np.array([r[f"leak_{attack}_top1_hi"] for r in line])
             ax_k.plot(ks, y, ls=ls, marker=marker, ms=3, color=colors[channel], label=f"{label}, {channel}")
             ax_k.fill_between(ks, lo, hi, color=colors[channel], alpha=0.2)
-            sc = ax_f.scatter([r["ppl"] for r in line], y, c=ks, cmap="viridis", marker=marker,
-                              edgecolors=colors[channel], linewidths=1.0, s=28)
+            sc = ax_f.scatter([r["ppl"] for r in line], y, c=ks, cmap="viridis", marker=marker, vmin=k_lo,
+                              vmax=k_hi, edgecolors=colors[channel], linewidths=1.0, s=28)
             ax_f.errorbar([r["ppl"] for r in line], y, yerr=[y - lo, hi - y], fmt="none", ecolor=colors[channel],
                           alpha=0.4, lw=0.8)
     ax_k.set_xlabel("split point k (layers on the UE)")
@@ -118,9 +119,7 @@ def plot_privacy(rows: list[dict], out: Path, title: str, tokens: int) -> Path:
     ax_k.set_ylim(-0.02, 1.02)
     ax_k.legend(fontsize=7)
     ax_k.set_title(f"{title}: what the edge recovers")
-    ax_f.set_xscale("log")
-    ax_f.xaxis.set_minor_formatter(NullFormatter())  # narrow ranges would print overlapping minor labels
-    ax_f.set_xlabel("perplexity at the edge (log)")
+    ax_f.set_xlabel("perplexity at the edge")
     ax_f.set_ylabel("top-1 token recovery")
     ax_f.set_ylim(-0.02, 1.02)
     ax_f.set_title("privacy-utility frontier\n(colour: k; circle nn, square learned; outline: channel)", fontsize=9)
