@@ -14,7 +14,9 @@ bootstrap over windows (2,000 resamples), seeds averaged within a window.
 
 How to run:  nice .venv/bin/python benchmarks/privacy_cost.py [--model smollm2] [--eval-tokens 4096]
              [--fit-tokens 4096] [--seeds 3] [--splits 0,30,15,...]
-             (about 20 CPU-minutes for all 31 splits; the JSON is rewritten after each k)
+             (about 1.5 CPU-minutes per split, 8-15 min of wall time per split on 2 cores at a load
+             average of 20-30; the JSON is rewritten after each k, so a stopped run keeps what it measured)
+             nice .venv/bin/python benchmarks/privacy_cost.py --replot   # redraw the plot from the JSON
 
 Results to expect: nearest-neighbour recovery near 1 at k = 0 that falls with depth, a learned attack
 at or above it; AWGN at 10 dB lowers leakage and raises perplexity most at small k; UE energy and
