@@ -48,7 +48,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     flags = _given(args, model="model", corpus="corpus", tokens="tokens", window="window", splits="splits",
                    channels="channels", rho="rho", snr_db="snr", tasks="tasks", task_items="task_items",
-                   seeds="seeds", seed="seed", out="out", tracking_uri="tracking_uri")
+                   seeds="seeds", seed="seed", out="out", tracking_uri="tracking_uri",
+                   privacy="privacy", privacy_fit_tokens="privacy_fit_tokens")
     cfg = apply_settings(AnalysisConfig, flags, args.set)
     if args.print_config:
         return _print_config(cfg)
@@ -66,8 +67,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for s in summary:
             print(f"{s['channel']:<18} {s['param'] + '=' + format(s['value'], 'g'):<13} {s[task + '_best_k']:>6} "
                   f"{s[task + '_best_acc']:>6.3f} {s[task + '_worst_acc']:>9.3f}")
+    if "privacy" in grid:
+        _print_privacy(grid["privacy"])
     print(f"outputs in {cfg.out}/ ({len(files)} files)" + (f"; MLflow run {run_id}" if run_id else ""))
     return 0
+
+
+def _print_privacy(privacy: dict) -> None:
+    print(f"token leakage, clean channel ({privacy['tokens_eval']} held-out tokens, learned attack fitted on "
+          f"{privacy['tokens_fit']}; 95% CI: {privacy['ci95']}):")
+    print(f"{'k':>3} {'nn top-1':>20} {'learned top-1':>20}")
+    for r in privacy["clean"]:
+        print(f"{r['k']:>3} " + " ".join(f"{r[f'leak_{a}_top1']:>7.3f} [{r[f'leak_{a}_top1_lo']:.3f}, "
+                                         f"{r[f'leak_{a}_top1_hi']:.3f}]" for a in ("nn", "learned")))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -321,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seeds", type=int, default=None, help="noise seeds per point (default 3)")
     analyze.add_argument("--seed", type=int, default=None, help="base seed (default 0)")
     analyze.add_argument("--out", default=None, help="output folder (default runs/analysis)")
+    analyze.add_argument("--privacy", action="store_const", const=True, default=None,
+                         help="token leakage of inversion attacks at every point too, and a frontier plot per channel")
+    analyze.add_argument("--privacy-fit-tokens", type=int, default=None,
+                         help="tokens the learned attack is fitted on, taken after the evaluated ones (default 4096)")
     analyze.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///mlflow.db here)")
     analyze.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     _add_config_flags(analyze, "an analysis setting, e.g. --set channel_settings.fading=rayleigh "

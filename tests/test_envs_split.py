@@ -104,7 +104,7 @@ def test_paper_episode_has_five_steps_and_terminates():
 
 
 def test_wireless_reward_by_hand():
-    snr = 10 * math.log10(3)  # log2(1 + 3) = 2 bit/s/Hz
+    snr = 10 * math.log10(3)  # any SNR: the analog airtime does not depend on it
     grid = grid_dict("awgn", "snr_db", [snr, 30.0], {0: [40.0, 21.0], 2: [30.0, 20.5], 4: [25.0, 20.0]},
                      num_layers=4, hidden=64)
     config = {"preset": "wireless", "episode_len": 3, "reward_model": {"kind": "grid", "grid": grid},
@@ -116,9 +116,10 @@ def test_wireless_reward_by_hand():
     env = SplitEnv(config)
     obs, _ = env.reset(seed=0)
     assert env.candidate_ks == (0, 2, 4)
-    # 1 token x 64 fp16 = 1024 bits at 2000 bit/s; a layer is 1e9 FLOPs: 2 s on the UE at half budget, 0.1 s on the edge
+    # 1 token x 64 elements = 32 analog symbols at 1000 symbol/s; a layer is 1e9 FLOPs: 2 s on the UE at half
+    # budget, 0.1 s on the edge
     _, r, _, trunc, info = env.step(1)  # k = 2
-    ue, tx, edge = 2 * 2.0, 1024 / 2000, 2 * 0.1
+    ue, tx, edge = 2 * 2.0, 32 / 1000, 2 * 0.1
     latency_ref = 4 * 1.0  # all 4 layers on the UE at full budget
     expected = -1.0 * math.log(30.0 / 20.0) - 0.5 * 2 / 4 - 0.25 * (ue + tx + edge) / latency_ref
     assert info["latency/ue_s"] == pytest.approx(ue) and info["latency/tx_s"] == pytest.approx(tx)
@@ -129,7 +130,7 @@ def test_wireless_reward_by_hand():
          expected,
          -math.log(25.0 / 20.0) - 0.5 - 0.25 * (8.0 + tx) / 4])
     assert obs[4] == pytest.approx(0.5) and obs[3] == 0.0
-    assert obs[2] == pytest.approx(2000 / 1000 / 10, rel=1e-3)  # goodput / bandwidth / 10, SNR to 0.01 dB
+    assert obs[2] == pytest.approx(1024 / tx / 1000 / 10)  # goodput (fp16 bits / airtime) / bandwidth / 10
 
 
 def test_reward_functions_are_shared_and_vectorised():
@@ -137,7 +138,8 @@ def test_reward_functions_are_shared_and_vectorised():
     assert np.allclose(terms.total, [0.9, -5.0])
     w = wireless_reward(40.0, 20.0, 3, 30, 0.2, 0.1, w_q=2.0, w_c=1.0, w_l=0.5)
     assert w.total == pytest.approx(-2 * math.log(2) - 0.1 - 1.0)
-    assert set(w.as_metrics()) == {"reward/quality", "reward/compute", "reward/latency", "reward/total"}
+    assert set(w.as_metrics()) == {"reward/quality", "reward/compute", "reward/latency", "reward/privacy",
+                                   "reward/energy", "reward/total"}
 
 
 def test_link_cost_is_the_channel_packages():

@@ -10,6 +10,7 @@ the corruption itself (erasure mask, noise, or bit errors and retries).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,12 +33,7 @@ from splitlab.channel.fading import (
     fading_gains,
     instantaneous_snr_db,
 )
-from splitlab.channel.link import (
-    LinkCost,
-    modulation_rate,
-    shannon_rate,
-    transmission_time,
-)
+from splitlab.channel.link import LinkCost, modulation_rate
 from splitlab.channel.modulation import MODULATIONS, theoretical_ber
 from splitlab.channel.packets import PacketLayout
 from splitlab.channel.quantisation import (
@@ -69,9 +65,10 @@ class ChannelConfig(ConfigModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal[CHANNEL_KINDS] = "clean"
-    """``clean`` (no corruption), ``erasure``, ``awgn`` (analog) or ``digital`` (quantise,
-    modulate, bit errors, packets)."""
+    kind: Literal[CHANNEL_KINDS] = "digital"
+    """``digital`` (the default: quantise, modulate, bit errors, packets; airtime at the modulation
+    rate plus retransmissions), or an analog kind whose airtime is its symbol count (two real
+    elements per complex symbol): ``clean`` (no corruption), ``erasure`` or ``awgn``."""
     rho: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.0
     """Erasure probability per element, in [0, 1] (``erasure``)."""
     snr_db: Float = 20.0
@@ -122,16 +119,24 @@ def _n_blocks(cfg: ChannelConfig, layout: PacketLayout) -> int:
     return layout.n_packets if cfg.fading_block == "packet" else layout.n_tokens
 
 
-def _shannon_cost(cfg: ChannelConfig, layout: PacketLayout, block_snr: np.ndarray) -> LinkCost:
-    """Cost on a capacity-achieving link where each fading block goes at its own rate."""
-    segments = layout.segments()
-    block_of_segment = segments.packet if cfg.fading_block == "packet" else segments.token
-    rate = shannon_rate(cfg.bandwidth_hz, block_snr[block_of_segment])  # [n_segments]
-    time = transmission_time(segments.length, rate)
-    nominal = float(shannon_rate(cfg.bandwidth_hz, db_to_linear(cfg.snr_db)))
+ANALOG_ELEMENTS_PER_SYMBOL = 2
+"""Real elements per complex channel symbol for the analog kinds (one on I, one on Q)."""
+
+
+def _analog_cost(cfg: ChannelConfig, layout: PacketLayout, hidden: int) -> LinkCost:
+    """Cost of analog transmission: airtime is the symbol count at one symbol per second per hertz.
+
+    Each real element rides one quadrature of a complex symbol; the symbol rate is the bandwidth, as
+    for the digital link (Nyquist signalling, no roll-off). The SNR and fading set the noise the
+    elements receive, never the airtime: pairing analog noise with a Shannon-capacity rate would
+    charge a digital code's time for an uncoded analog signal. ``payload_bits`` stays the size in
+    the configured ``quant`` format, so byte counts compare across kinds.
+    """
+    symbols = math.ceil(layout.n_tokens * hidden / ANALOG_ELEMENTS_PER_SYMBOL)
+    time = symbols / cfg.bandwidth_hz
     return LinkCost(
         payload_bits=layout.n_bits,
-        rate_bps=layout.n_bits / time if time > 0 else nominal,
+        rate_bps=layout.n_bits / time if time > 0 else 0.0,
         tx_time_s=time,
         packets=layout.n_packets,
     )
@@ -214,7 +219,7 @@ def transmit(
         received = erasure(h, cfg.rho, rng)
     else:
         received = awgn(h, _analog_snr_db(h, cfg, layout, mean_snr_db, gains), rng, cfg.per_channel)
-    return received, _shannon_cost(cfg, layout, block_snr)
+    return received, _analog_cost(cfg, layout, hidden)
 
 
 def link_cost(n_tokens: int, hidden: int, cfg: ChannelConfig, snr_db: float | None = None) -> LinkCost:
@@ -230,7 +235,7 @@ def link_cost(n_tokens: int, hidden: int, cfg: ChannelConfig, snr_db: float | No
     layout = _layout(cfg, n_tokens, hidden)
     block_snr = np.full(_n_blocks(cfg, layout), db_to_linear(mean_snr_db))
     if cfg.kind != "digital":
-        return _shannon_cost(cfg, layout, block_snr)
+        return _analog_cost(cfg, layout, hidden)
     outcome = expected_outcome(
         layout,
         theoretical_ber(block_snr, cfg.modulation),

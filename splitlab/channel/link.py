@@ -1,14 +1,14 @@
 """Link rate, transmission time and the cost record of one transmission.
 
-Two rate models:
+One airtime model per kind, so that a result's noise and its cost come from the same link:
 
-- Shannon: ``rate = bandwidth * log2(1 + gamma)``, the capacity of the link at SNR ``gamma``. Used
-  for the analog kinds (``clean``, ``erasure``, ``awgn``): their cost is what a capacity-achieving
-  digital link would need to carry the tensor in the configured ``quant`` format.
-- Modulation: ``rate = bandwidth * bits_per_symbol`` (symbol rate = bandwidth, i.e. Nyquist
-  signalling with no roll-off and no channel coding). Used by the ``digital`` kind.
+- ``digital``: ``rate = bandwidth * bits_per_symbol`` (symbol rate = bandwidth, i.e. Nyquist
+  signalling with no roll-off and no channel coding), plus retransmitted packets.
+- analog (``clean``, ``erasure``, ``awgn``): the symbol count, two real elements per complex symbol
+  at the same symbol rate (``channel._analog_cost``); the SNR changes the noise, not the airtime.
 
-With block fading each block goes at its own rate, so ``tx_time = sum(bits_b / rate_b)``.
+``shannon_rate`` (the capacity ``bandwidth * log2(1 + gamma)``) stays available for bounds, but no
+channel kind charges its airtime: it would pair a capacity-achieving code's time with uncoded noise.
 """
 
 from __future__ import annotations

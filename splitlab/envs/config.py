@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_serializer, field_validator, model_validator
 
 from splitlab.channel import ChannelConfig, GaussMarkovSNR, PathLossMobility
 from splitlab.config import (
@@ -24,9 +24,12 @@ from splitlab.config import (
 from splitlab.envs.device import DeviceModel
 from splitlab.envs.reward_models import REWARD_MODEL_KINDS, RewardModel
 from splitlab.envs.reward_specs import parse_reward_spec
+from splitlab.envs.split_tables import SplitTable
 
 PRESETS = ("paper", "wireless")
 """Accepted values of ``preset``."""
+PRIVACY_MODES = ("constraint", "penalty")
+"""Accepted values of ``privacy_mode``."""
 PAPER_ACTIONS = ("relative", "absolute")
 """Accepted values of ``paper_actions``."""
 DYNAMICS_KINDS: dict[str, type] = {"gauss_markov": GaussMarkovSNR, "path_loss": PathLossMobility}
@@ -110,7 +113,40 @@ class SplitEnvSettings(ConfigModel):
     """Observation normalisation: SNR feature = (SNR_est - snr_ref_db) / snr_scale_db."""
     snr_scale_db: PositiveFloat = 10.0
     """Observation normalisation scale in dB (also for the trend)."""
+    privacy_table: Any = None
+    """Token leakage per split (top-1 recovery in [0, 1]): a mapping k -> value, or {"path", "key"} reading a
+    ``benchmarks/privacy_cost.py`` result or an ``analyze --privacy`` grid.json (see envs.split_tables); None: no
+    privacy term."""
+    privacy_budget: Annotated[Float, Field(ge=0.0, le=1.0)] = 1.0
+    """Largest leakage a split may have (1: no limit); needs ``privacy_table`` when below 1."""
+    privacy_mode: Literal[PRIVACY_MODES] = "constraint"
+    """``constraint``: candidate splits whose leakage exceeds the budget leave the action set; ``penalty``: they
+    stay and the reward loses ``w_p * (leakage - budget)``."""
+    w_p: NonNegativeFloat = 10.0
+    """Weight of the privacy penalty (``penalty`` mode)."""
+    energy_table: Any = None
+    """UE energy per split (any unit, e.g. mJ per token): a mapping k -> value or {"path", "key", "profile"};
+    None: no energy term."""
+    w_e: NonNegativeFloat = 0.0
+    """Weight of the energy term ``energy_k / max(energy over the table)``; needs ``energy_table`` when > 0."""
 
+
+    @field_validator("privacy_table", "energy_table", mode="before")
+    @classmethod
+    def _table(cls, value: Any, info: ValidationInfo) -> SplitTable | None:
+        return None if value is None else SplitTable.from_spec(value, info.field_name)
+
+    @field_serializer("privacy_table", "energy_table")
+    def _dump_table(self, table: SplitTable | None) -> dict[str, float] | None:
+        return None if table is None else {str(k): v for k, v in sorted(table.values.items())}
+
+    @model_validator(mode="after")
+    def _tables_given(self) -> SplitEnvSettings:
+        if self.privacy_budget < 1.0 and self.privacy_table is None:
+            raise ValueError(f"privacy_budget={self.privacy_budget} needs a privacy_table (leakage per split)")
+        if self.w_e > 0 and self.energy_table is None:
+            raise ValueError(f"w_e={self.w_e} needs an energy_table (UE energy per split)")
+        return self
 
     @field_validator("dynamics", mode="before")
     @classmethod

@@ -21,15 +21,21 @@ class RewardTerms:
     """UE-compute term (paper: ``+beta * (K_max - k) / K_max``; wireless: ``-w_c * k / L``)."""
     latency: float = 0.0
     """Latency term (wireless: ``-w_l * latency / latency_ref``; paper: 0)."""
+    privacy: float = 0.0
+    """Privacy term (wireless, penalty mode: ``-w_p * max(0, leakage_k - budget)``; else 0)."""
+    energy: float = 0.0
+    """UE-energy term (wireless: ``-w_e * energy_k / energy_ref``; 0 without an energy table)."""
 
     @property
     def total(self) -> float:
-        return self.quality + self.compute + self.latency
+        return self.quality + self.compute + self.latency + self.privacy + self.energy
 
     def as_metrics(self, prefix: str = "reward/") -> dict[str, float]:
-        """``{"reward/quality": ..., "reward/compute": ..., "reward/latency": ..., "reward/total": ...}``."""
+        """``{"reward/quality": ..., "reward/compute": ..., "reward/latency": ..., "reward/privacy": ...,
+        "reward/energy": ..., "reward/total": ...}``."""
         return {f"{prefix}quality": float(self.quality), f"{prefix}compute": float(self.compute),
-                f"{prefix}latency": float(self.latency), f"{prefix}total": float(self.total)}
+                f"{prefix}latency": float(self.latency), f"{prefix}privacy": float(self.privacy),
+                f"{prefix}energy": float(self.energy), f"{prefix}total": float(self.total)}
 
 
 def paper_k_max(num_layers: int, k_max: int | None = None) -> int:
@@ -50,15 +56,19 @@ def paper_reward(ppl, ppl_ref: float, k, k_max: int, alpha: float = 10.0, beta: 
 
 
 def wireless_reward(ppl, ppl_clean: float, k, num_layers: int, latency_s, latency_ref_s: float,
-                    w_q: float = 1.0, w_c: float = 0.5, w_l: float = 0.5) -> RewardTerms:
-    """``-w_q * log(PPL_k / PPL_clean) - w_c * k / L - w_l * latency / latency_ref``.
+                    w_q: float = 1.0, w_c: float = 0.5, w_l: float = 0.5, leakage_excess=0.0, w_p: float = 0.0,
+                    energy_frac=0.0, w_e: float = 0.0) -> RewardTerms:
+    """``-w_q * log(PPL_k / PPL_clean) - w_c * k / L - w_l * latency / latency_ref - w_p * excess - w_e * energy``.
 
-    ``ppl``, ``k`` and ``latency_s`` may be arrays [A] (one entry per candidate split).
+    ``leakage_excess`` is ``max(0, leakage_k - budget)``; ``energy_frac`` the UE energy over its
+    reference. ``ppl``, ``k``, ``latency_s`` and both of those may be arrays [A] (one entry per candidate).
     """
     quality = -w_q * np.log(np.asarray(ppl, float) / ppl_clean)
     compute = -w_c * np.asarray(k, float) / num_layers
     latency = -w_l * np.asarray(latency_s, float) / latency_ref_s
-    return RewardTerms(_scalar(quality), _scalar(compute), _scalar(latency))
+    privacy = -w_p * np.asarray(leakage_excess, float) + 0.0 * compute  # broadcast to the candidates' shape
+    energy = -w_e * np.asarray(energy_frac, float) + 0.0 * compute
+    return RewardTerms(_scalar(quality), _scalar(compute), _scalar(latency), _scalar(privacy), _scalar(energy))
 
 
 def _scalar(x: np.ndarray):

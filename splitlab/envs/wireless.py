@@ -112,6 +112,20 @@ class WirelessModel:
         bad = [k for k in self.candidate_ks if k > self.num_layers]
         if bad:
             raise ValueError(f"candidate_ks must lie in 0..{self.num_layers} (the model's layers), got {bad}")
+        self.leakage, self.energy = config.privacy_table, config.energy_table
+        if self.leakage is not None and config.privacy_mode == "constraint":
+            leak = self.leakage.at(self.candidate_ks)
+            feasible = tuple(k for k, v in zip(self.candidate_ks, np.atleast_1d(leak)) if v <= config.privacy_budget)
+            if not feasible:
+                raise ValueError(f"no candidate split meets privacy_budget={config.privacy_budget}: leakage per k "
+                                 f"{dict(zip(self.candidate_ks, np.round(np.atleast_1d(leak), 3)))}")
+            self.candidate_ks = feasible
+        elif self.leakage is not None:
+            self.leakage.at(self.candidate_ks)  # every candidate needs a value: fail now, not mid-episode
+        # Energy is normalised by the table's largest value (typically the whole model on the UE).
+        self.energy_ref = max(self.energy.values.values()) if self.energy is not None else 1.0
+        if self.energy is not None:
+            self.energy.at(self.candidate_ks)
         check_reward_model(reward_model, "snr_db", self.candidate_ks, "the wireless preset")
         self.ppl_clean = float(reward_model.ppl_clean)
         self.link = config.channel if config.channel is not None else default_link(reward_model)
@@ -180,12 +194,20 @@ class WirelessModel:
                 if cost.tx_time_s > 0 else 0.0, "channel/snr_db": snr,
                 "channel/snr_est_db": float(user.snr_est_db[i]), "ue/budget": user.ue_budget,
                 **terms.as_metrics()}
+        if self.leakage is not None:
+            info["privacy/leakage"] = self.leakage.at(k)
+        if self.energy is not None:
+            info["cost/ue_energy"] = self.energy.at(k)
         return terms, info
 
     def reward(self, ppl, k, latency: Latency) -> RewardTerms:
         cfg = self.config
+        excess = 0.0
+        if self.leakage is not None and cfg.privacy_mode == "penalty":
+            excess = np.maximum(0.0, self.leakage.at(k) - cfg.privacy_budget)
+        energy = self.energy.at(k) / self.energy_ref if self.energy is not None and cfg.w_e > 0 else 0.0
         return wireless_reward(ppl, self.ppl_clean, k, self.num_layers, latency.total_s, self.latency_ref_s,
-                               cfg.w_q, cfg.w_c, cfg.w_l)
+                               cfg.w_q, cfg.w_c, cfg.w_l, excess, cfg.w_p, energy, cfg.w_e)
 
     def decision_rewards(self, snr_db: float, quality: np.ndarray, ue_budgets: np.ndarray) -> np.ndarray:
         """[B, len(candidate_ks)] reward of every candidate at ``snr_db`` when its quality term

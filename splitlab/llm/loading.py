@@ -158,6 +158,9 @@ def _rebuild_meta_buffers(model: PreTrainedModel) -> None:
     for module in model.modules():
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf is not None and buf.is_meta:
+                if hasattr(module, "scalar_embed_scale"):  # Gemma's scaled embedding keeps its scale as a float too
+                    module.register_buffer(name, torch.tensor(module.scalar_embed_scale), persistent=False)
+                    continue
                 fresh = type(module)(config=model.config) if "rotary" in type(module).__name__.lower() else None
                 if fresh is None:
                     raise RuntimeError(f"cannot rebuild buffer {name} of {type(module).__name__} off the meta device")

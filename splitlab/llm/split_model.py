@@ -129,7 +129,7 @@ class SplitModel:
         """Activations after every split point 0..L from one pass (index k = after k layers)."""
         act = self.head(input_ids, 0, attention_mask)
         states = [act]
-        ctx = self.family.context(act.hidden, act.position_ids, attention_mask, None, 0)
+        ctx = self.family.context(act.hidden, act.position_ids, attention_mask, None, range(self.num_layers))
         hidden = act.hidden
         for i in range(self.num_layers):
             hidden = self.family.run_layer(i, hidden, ctx, None)  # [B, T, H]
@@ -150,7 +150,7 @@ class SplitModel:
     def _run_layers(self, layers: range, hidden, position_ids, attention_mask, cache) -> torch.Tensor:
         if len(layers) == 0:
             return hidden
-        ctx = self.family.context(hidden, position_ids, attention_mask, cache, layers.start)
+        ctx = self.family.context(hidden, position_ids, attention_mask, cache, layers)
         for i in layers:
             hidden = self.family.run_layer(i, hidden, ctx, cache)  # [B, T, H]
         return hidden

@@ -5,7 +5,10 @@ For every batch of token windows the clean hidden states after every layer come 
 ``grid.json`` / ``grid.csv`` (mean perplexity over seeds with a 95% confidence interval),
 ``link_cost.csv``, a heatmap and line plots per channel, and one MLflow run holding all of it. With
 ``tasks`` the same points also get LAMBADA / HellaSwag accuracy (``acc_<task>_mean`` and ``_ci95`` in
-every row), again with one clean pass per sequence.
+every row), again with one clean pass per sequence. With ``privacy`` every point also gets the token
+recovery of the inversion attacks in ``splitlab.privacy`` (``leak_<attack>_top1`` / ``_top5`` with a
+bootstrap 95% interval ``_lo`` / ``_hi``), scored on the perplexity text and fitted on the text after it,
+plus ``privacy.csv`` (clean leakage per k) and a leakage / frontier plot per channel.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from splitlab.channel import Channel, ChannelConfig, link_cost
-from splitlab.config import ConfigModel, Float, Int, NonNegativeInt, PositiveInt, Str
+from splitlab.config import Bool, ConfigModel, Float, Int, NonNegativeInt, PositiveInt, Str
 from splitlab.llm.evaluation import TASKS
 
 # Named sweeps: which ChannelConfig they start from and which field they vary.
@@ -61,6 +64,10 @@ class AnalysisConfig(ConfigModel):
     """Accuracy tasks measured at every point too: lambada, hellaswag (slow: one tail per item and point)."""
     task_items: PositiveInt = 50
     """Items per task (the first ones of the test / validation split)."""
+    privacy: Bool = False
+    """Measure token leakage (nearest-neighbour and learned inversion) at every point too."""
+    privacy_fit_tokens: Annotated[Int, Field(ge=2)] = 4096
+    """Tokens the learned attack is fitted on: the corpus text right after the evaluated tokens."""
     seeds: PositiveInt = 3
     """Noise seeds averaged per point."""
     seed: NonNegativeInt = 0
@@ -76,6 +83,8 @@ class AnalysisConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _channels_valid(self) -> AnalysisConfig:
+        if self.privacy and self.privacy_fit_tokens < self.window:
+            raise ValueError(f"privacy_fit_tokens must be >= window ({self.window}), got {self.privacy_fit_tokens}")
         for c in self.channels:  # every channel setting validated before any model loads
             for value in self._values(c):
                 try:
@@ -116,7 +125,15 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
     bad = [k for k in splits if not 0 <= k <= model.num_layers]
     if bad:
         raise ValueError(f"splits must lie in 0..{model.num_layers} for {cfg.model}, got {bad}")
-    windows = token_windows(model.tokenizer, cfg.corpus, cfg.tokens, cfg.window)
+    fit_windows = None
+    if cfg.privacy:  # the attack's training text follows the evaluated text, so the two never overlap
+        from splitlab.privacy import split_windows
+
+        n_eval = cfg.tokens // cfg.window
+        windows, fit_windows = split_windows(token_windows(
+            model.tokenizer, cfg.corpus, n_eval * cfg.window + cfg.privacy_fit_tokens, cfg.window), n_eval)
+    else:
+        windows = token_windows(model.tokenizer, cfg.corpus, cfg.tokens, cfg.window)
     ppl_clean = perplexity(model, windows, 0, batch_size=cfg.batch_size)
     points = {}
     for ci, (sweep, param, value) in enumerate(cfg.points()):
@@ -134,6 +151,7 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
         with _bar(len(items), f"{task} accuracy ({len(points)} points per item)", "item", progress) as bar:
             acc[task] = accuracy_grid(model, task, items, {**points, "clean": (0, None)}, on_item=bar.update)
         tasks[task] = {"items": len(items), "acc_clean": acc[task]["clean"]}
+    leak = _leakage(cfg, model, windows, fit_windows, splits, progress) if cfg.privacy else None
     rows = []
     n_tokens = windows.numel()
     for sweep, param, value in cfg.points():
@@ -147,10 +165,45 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
             for task, by_point in acc.items():
                 hits = np.array([by_point[sweep, value, k, s] for s in range(cfg.seeds)])
                 row.update({f"acc_{task}_mean": float(hits.mean()), f"acc_{task}_ci95": _ci95(hits)})
+            if leak is not None:
+                row.update(leak["points"][sweep, value, k])
             rows.append(row)
+    privacy = None if leak is None else {k: v for k, v in leak.items() if k != "points"}
     return {"model": cfg.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
             "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits, "tasks": tasks,
-            "config": cfg.to_dict(), "wall_time_s": time.perf_counter() - start, "rows": rows}
+            "config": cfg.to_dict(), "wall_time_s": time.perf_counter() - start, "rows": rows,
+            **({"privacy": privacy} if privacy else {})}
+
+
+def _leakage(cfg: AnalysisConfig, model, windows, fit_windows, splits: list[int], progress: bool) -> dict:
+    """Leakage at every (sweep, value, k), pooled over seeds, and clean per k (``privacy.csv``).
+
+    Each attacker sees its own noise draws (generators apart from the perplexity ones): one for the
+    scored text and one for the text the learned attack is fitted on.
+    """
+    from splitlab.privacy import ATTACKS, leakage_grid, pooled
+
+    points = {("clean", k): (k, None, None) for k in splits}
+    for ci, (sweep, _, value) in enumerate(cfg.points()):
+        channel = Channel(cfg.channel_config(sweep, value))
+        for k in splits:
+            for s in range(cfg.seeds):
+                points[sweep, value, k, s] = (k, channel.as_corruption(np.random.default_rng([cfg.seed, s, ci, k, 1])),
+                                              channel.as_corruption(np.random.default_rng([cfg.seed, s, ci, k, 2])))
+    with _bar(len(points), "privacy (k x channel x seed)", "point", progress) as bar:
+        hits = leakage_grid(model, windows, fit_windows, points, batch_size=cfg.batch_size, on_point=bar.update)
+
+    def row(keys: list) -> dict:
+        out = {}
+        for attack in ATTACKS:
+            out.update(pooled([hits[key][attack] for key in keys], seed=cfg.seed).as_row(f"leak_{attack}"))
+        return out
+
+    by_point = {(sweep, value, k): row([(sweep, value, k, s) for s in range(cfg.seeds)])
+                for sweep, _, value in cfg.points() for k in splits}
+    return {"tokens_eval": int(windows.numel()), "tokens_fit": int(fit_windows.numel()),
+            "ci95": "percentile bootstrap over windows (2000 resamples), seeds averaged within a window",
+            "clean": [{"k": k, **row([("clean", k)])} for k in splits], "points": by_point}
 
 
 def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
@@ -217,7 +270,26 @@ def write_outputs(grid: dict, out: Path) -> list[Path]:
                            "payload_bytes_per_token": next(iter(bits.values()))["payload_bytes"] / grid["tokens"],
                            **{f"tx_time_s_at_{r['param']}={v:g}": r["tx_time_s"] / grid["tokens"]
                               for v, r in bits.items()}} for k in grid["splits"]])
-    return files + plot_grid(grid, out)
+    files += plot_grid(grid, out)
+    if grid.get("privacy"):
+        files += _write_privacy(grid, out)
+    return files
+
+
+def _write_privacy(grid: dict, out: Path) -> list[Path]:
+    """privacy.csv (clean leakage per k) and privacy_<channel>.png (leakage vs k, frontier) per sweep."""
+    from splitlab.platform.analysis_plots import plot_privacy
+
+    path = out / "privacy.csv"
+    _write_csv(path, grid["privacy"]["clean"])
+    files = [path]
+    clean = [{"channel": "clean", "ppl": grid["ppl_clean"], **r} for r in grid["privacy"]["clean"]]
+    for sweep in dict.fromkeys(r["channel"] for r in grid["rows"]):
+        rows = [{**r, "channel": f"{r['param']}={r['value']:g}", "ppl": r["ppl_mean"]}
+                for r in grid["rows"] if r["channel"] == sweep]
+        files.append(plot_privacy(clean + rows, out / f"privacy_{sweep}.png", f"{grid['model']}, {sweep}",
+                                  grid["privacy"]["tokens_eval"]))
+    return files
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -239,12 +311,16 @@ def log_to_mlflow(cfg: AnalysisConfig, grid: dict, files: list[Path]) -> str:
         mlflow.log_params({"model": cfg.model, "corpus": cfg.corpus, "tokens": grid["tokens"],
                            "window": cfg.window, "seeds": cfg.seeds, "channels": ",".join(cfg.channels),
                            "tasks": ",".join(cfg.tasks) or "none", "task_items": cfg.task_items,
+                           "privacy": cfg.privacy,
                            "splits": ",".join(map(str, grid["splits"])),
                            **{f"channel.{k}": v for k, v in cfg.channel_settings.items()}})
         mlflow.log_metric("quality/ppl_clean", grid["ppl_clean"])
         for task, info in grid.get("tasks", {}).items():
             mlflow.log_metric(f"quality/acc_clean/{task}", info["acc_clean"])
         mlflow.log_metric("time/wall_s", grid["wall_time_s"])
+        for r in grid.get("privacy", {}).get("clean", []):
+            for attack in ("nn", "learned"):
+                mlflow.log_metric(f"privacy/leak_{attack}_top1_clean", r[f"leak_{attack}_top1"], step=r["k"])
         for s in summarise(grid):
             tag = f"{s['channel']}_{s['param']}_{s['value']:g}".replace(".", "p")
             mlflow.log_metric(f"quality/best_ppl/{tag}", s["best_ppl"])

@@ -86,3 +86,42 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_privacy(rows: list[dict], out: Path, title: str, tokens: int) -> Path:
+    """Two panels: token recovery vs k per (attack, channel), and the privacy-utility frontier.
+
+    ``rows``: one dict per (k, channel label) with ``k``, ``channel``, ``ppl`` and, per attack in
+    ``nn`` / ``learned``, ``leak_<attack>_top1`` with ``_lo`` / ``_hi`` (95% CI).
+    """
+    channels = list(dict.fromkeys(r["channel"] for r in rows))
+    fig, (ax_k, ax_f) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"nn": ("o", "--", "nearest neighbour"), "learned": ("s", "-", "learned (ridge)")}
+    colors = dict(zip(channels, plt.cm.tab10(np.arange(len(channels)))))
+    k_lo, k_hi = min(r["k"] for r in rows), max(r["k"] for r in rows)  # one colour scale for every series
+    for channel in channels:
+        line = sorted((r for r in rows if r["channel"] == channel), key=lambda r: r["k"])
+        ks = np.array([r["k"] for r in line])
+        for attack, (marker, ls, label) in styles.items():
+            if f"leak_{attack}_top1" not in line[0]:
+                continue
+            y = np.array([r[f"leak_{attack}_top1"] for r in line])
+            lo = np.array([r[f"leak_{attack}_top1_lo"] for r in line])
+            hi = np.array([r[f"leak_{attack}_top1_hi"] for r in line])
+            ax_k.plot(ks, y, ls=ls, marker=marker, ms=3, color=colors[channel], label=f"{label}, {channel}")
+            ax_k.fill_between(ks, lo, hi, color=colors[channel], alpha=0.2)
+            sc = ax_f.scatter([r["ppl"] for r in line], y, c=ks, cmap="viridis", marker=marker, vmin=k_lo,
+                              vmax=k_hi, edgecolors=colors[channel], linewidths=1.0, s=28)
+            ax_f.errorbar([r["ppl"] for r in line], y, yerr=[y - lo, hi - y], fmt="none", ecolor=colors[channel],
+                          alpha=0.4, lw=0.8)
+    ax_k.set_xlabel("split point k (layers on the UE)")
+    ax_k.set_ylabel(f"top-1 token recovery ({tokens} held-out tokens, 95% CI)")
+    ax_k.set_ylim(-0.02, 1.02)
+    ax_k.legend(fontsize=7)
+    ax_k.set_title(f"{title}: what the edge recovers")
+    ax_f.set_xlabel("perplexity at the edge")
+    ax_f.set_ylabel("top-1 token recovery")
+    ax_f.set_ylim(-0.02, 1.02)
+    ax_f.set_title("privacy-utility frontier\n(colour: k; circle nn, square learned; outline: channel)", fontsize=9)
+    fig.colorbar(sc, ax=ax_f, label="k")
+    return _save(fig, out)
