@@ -120,7 +120,9 @@ def test_dyna_run_on_a_tiny_model_spends_exactly_its_budget(ray_local, tmp_path)
 
     rule = load_rllib_rule(result.files["policy"], num_layers=4)
     act = greedy_policy(RLModule.from_checkpoint(tmp_path / "t" / "policy"))
-    env = SplitEnv({**s.env, "reward_model": s.quality, "snr_estimation_std_db": 0.0})
+    from splitlab.platform.run_env import env_config
+
+    env = SplitEnv({**env_config(s, s.quality), "snr_estimation_std_db": 0.0})
     for snr in (-5.0, 0.0, 4.5, 10.0, 17.0, 30.0):
         obs, _ = env.reset(options={"trace": [snr] * 11, "ue_budget": 1.0})
         np.testing.assert_array_equal(rule.observation({"snr_db": snr}), obs)
