@@ -139,6 +139,7 @@ def stage_truth(state: DemoState) -> None:
         with EvaluationPool(spec.quality, n_actors=2) as pool:
             grid = measure_grid(pool, ks, values)
             seconds = pool.eval_time_s
+            store = pool.store_stats()  # a rerun of the demo reads the truth from the measurement store
     finally:
         if started_ray:  # leave Ray as found: each training stage starts and stops its own
             import ray
@@ -153,7 +154,7 @@ def stage_truth(state: DemoState) -> None:
         mlflow.set_tag("splitlab.kind", "truth")
         mlflow.log_params({"model": state.cfg.model, "ks": ks, "snr_db": values, "n_tokens": spec.quality.n_tokens})
         mlflow.log_metrics({"truth/points": len(grid["rows"]), "truth/eval_s": seconds,
-                            "quality/ppl_clean": grid["ppl_clean"]})
+                            "quality/ppl_clean": grid["ppl_clean"], **store})
         mlflow.log_artifact(str(folder / "grid.json"))
     print(f"    {len(ks)} splits x {len(values)} SNRs ({values[0]:g}..{values[-1]:g} dB) in "
           f"{time.perf_counter() - start:.0f} s; {folder / 'grid.json'}")

@@ -73,6 +73,8 @@ class HeldOutEvaluation:
                    "policy/return_ratio": ev.return_ratio(pol.mean, oracle), "policy/mean_k": pol.mean_k,
                    "oracle/return": oracle, "random/return": random,
                    "eval/real_evals": float(env.reward_model.real_evals if self.pool is not None else 0.0)}
+        if self.pool is not None:  # the truth's measurement store: eval/store_hits, eval/store_hit_rate, ...
+            metrics.update({f"eval/{k.replace('/', '_')}": v for k, v in self.pool.store_stats().items()})
         return metrics, results
 
     def close(self) -> None:

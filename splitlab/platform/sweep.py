@@ -211,7 +211,7 @@ def _reporter(metric: str | None) -> Callable[[Mapping[str, Any]], None]:
 
 
 def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: str, experiment_dir: str,
-               metric: str | None = None) -> None:
+               metric: str | None = None, measurements: str | None = None) -> None:
     """The Tune function trainable: merge, run, and hand the results over as the final checkpoint.
 
     The run folder is ``<experiment_dir>/<trial>/run`` when the sweep's storage is a local path, so a
@@ -241,6 +241,10 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
         restore_dir = Path(checkpoint.to_directory(str(out_dir.parent / "_restore")))
     if Path(launch_dir).is_dir():  # relative paths in the spec mean the folder the sweep started in
         os.chdir(launch_dir)
+    if measurements:  # `store: auto` of a live quality: one store for every trial, on any node
+        from splitlab.llm.measurement_store import ENV_VAR
+
+        os.environ[ENV_VAR] = measurements
     ctx = TrialContext(out_dir=out_dir, report=_reporter(metric), trial_name=trial_name, restore_dir=restore_dir)
     final = dict(resolve_trial_fn(trial_fn)(spec, ctx) or {})
     stage = _stage_artifacts(out_dir, spec)
@@ -276,6 +280,15 @@ def experiment_path(sweep: SweepSpec, storage_path: str | None = None) -> str:
     if "://" not in root:
         root = str(Path(root).resolve())
     return f"{root.rstrip('/')}/{sweep.name}"
+
+
+def measurements_root(experiment_dir: str) -> str:
+    """The measurement store the trials of a sweep share (``store: auto``): ``$SPLITLAB_MEASUREMENTS`` when the
+    driver has it, else ``measurements`` next to the sweep's folder under its ``storage_path`` (local, NFS
+    or s3), so sweeps with one storage reuse each other's measurements."""
+    from splitlab.llm.measurement_store import ENV_VAR
+
+    return os.environ.get(ENV_VAR) or f"{experiment_dir.rpartition('/')[0]}/measurements"
 
 
 def _read_state(path: str) -> dict | None:
@@ -336,7 +349,8 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
     ensure_experiment(uri, sweep.experiment)
 
     trainable = tune.with_parameters(_trainable, base=plan.base, trial_fn=trial_fn, launch_dir=launch_dir,
-                                     experiment_dir=path, metric=sweep.metric if needs_metric(sweep) else None)
+                                     experiment_dir=path, metric=sweep.metric if needs_metric(sweep) else None,
+                                     measurements=measurements_root(path))
     trainable = tune.with_resources(trainable, _trial_resources(plan.base, sweep.cpus_per_trial, trial_fn == TRIAL_FN))
     from splitlab.platform.sweep_callback import SweepMLflowCallback
 
