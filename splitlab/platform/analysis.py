@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
 from splitlab.channel import Channel, ChannelConfig, link_cost
 from splitlab.config import ConfigModel, Float, Int, NonNegativeInt, PositiveInt, Str
 from splitlab.llm.evaluation import TASKS
+from splitlab.platform.statistics import ci95
+from splitlab.progress import progress_bar
 
 # Named sweeps: which ChannelConfig they start from and which field they vary.
 SWEEPS: dict[str, tuple[dict, str]] = {
@@ -96,14 +96,6 @@ class AnalysisConfig(ConfigModel):
         return [(c, SWEEPS[c][1], v) for c in self.channels for v in self._values(c)]
 
 
-def _ci95(samples: np.ndarray) -> float:
-    if len(samples) < 2:
-        return 0.0
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, len(samples) - 1) * samples.std(ddof=1) / np.sqrt(len(samples)))
-
-
 def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
     """Run the grid; returns the ``grid.json`` dict (see ``splitlab.envs.quality_grid``)."""
     from splitlab.llm import SplitModel
@@ -126,12 +118,12 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
                 rng = np.random.default_rng([cfg.seed, s, ci, k])
                 points[sweep, value, k, s] = (k, channel.as_corruption(rng))
     n_batches = -(-windows.shape[0] // cfg.batch_size)
-    with _bar(len(points) * n_batches, "analysis (k x channel x seed)", "tail", progress) as bar:
+    with progress_bar(len(points) * n_batches, "analysis (k x channel x seed)", "tail", progress) as bar:
         ppl = perplexity_grid(model, windows, points, cfg.batch_size, on_point=bar.update)
     acc, tasks = {}, {}
     for task in cfg.tasks:
         items = task_items(task)[:cfg.task_items]
-        with _bar(len(items), f"{task} accuracy ({len(points)} points per item)", "item", progress) as bar:
+        with progress_bar(len(items), f"{task} accuracy ({len(points)} points per item)", "item", progress) as bar:
             acc[task] = accuracy_grid(model, task, items, {**points, "clean": (0, None)}, on_item=bar.update)
         tasks[task] = {"items": len(items), "acc_clean": acc[task]["clean"]}
     rows = []
@@ -142,21 +134,15 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
         for k in splits:
             samples = np.array([ppl[sweep, value, k, s] for s in range(cfg.seeds)])
             row = {"k": k, "channel": sweep, "param": param, "value": float(value),
-                   "ppl_mean": float(samples.mean()), "ppl_ci95": _ci95(samples), "seeds": cfg.seeds,
+                   "ppl_mean": float(samples.mean()), "ppl_ci95": ci95(samples), "seeds": cfg.seeds,
                    "payload_bytes": cost.payload_bytes, "tx_time_s": cost.tx_time_s}
             for task, by_point in acc.items():
                 hits = np.array([by_point[sweep, value, k, s] for s in range(cfg.seeds)])
-                row.update({f"acc_{task}_mean": float(hits.mean()), f"acc_{task}_ci95": _ci95(hits)})
+                row.update({f"acc_{task}_mean": float(hits.mean()), f"acc_{task}_ci95": ci95(hits)})
             rows.append(row)
     return {"model": cfg.model, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
             "corpus": cfg.corpus, "tokens": n_tokens, "ppl_clean": ppl_clean, "splits": splits, "tasks": tasks,
             "config": cfg.to_dict(), "wall_time_s": time.perf_counter() - start, "rows": rows}
-
-
-def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
-    # In a log (no terminal) a refresh every 30 s keeps the progress without flooding it.
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress,
-                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 def task_items(task: str) -> tuple:

@@ -11,6 +11,7 @@ from typing import Any
 
 from splitlab.platform.run_env import build_env
 from splitlab.platform.spec import ExperimentSpec
+from splitlab.progress import progress_bar
 
 
 class HeldOutEvaluation:
@@ -64,9 +65,15 @@ class HeldOutEvaluation:
             policy = {"policy": greedy_policy(module)}
         wanted = baselines if (final and e.baselines) else {n: baselines[n] for n in ("oracle", "random")}
         todo = {n: p for n, p in wanted.items() if n not in self.baselines}
-        if todo:
-            self.baselines.update(run(env, todo, e.episodes, e.seed))
-        results = {**run(env, policy, e.episodes, e.seed), **{n: self.baselines[n] for n in wanted}}
+        results = {}
+        # scoring with a live truth can take minutes (every candidate split at every SNR the traces visit)
+        with progress_bar(len(todo) + 1, f"scoring {e.episodes} held-out episodes", "policy") as bar:
+            for name, pol in {**policy, **todo}.items():
+                bar.set_postfix_str(name)
+                results.update(run(env, {name: pol}, e.episodes, e.seed))
+                bar.update(1)
+        self.baselines.update({n: results[n] for n in todo})
+        results.update({n: self.baselines[n] for n in wanted})
         oracle, random = results["oracle"].mean, results["random"].mean
         pol = results["policy"]
         metrics = {"policy/return": pol.mean, "policy/return_vs_oracle": ev.score_vs_oracle(pol.mean, oracle, random),
