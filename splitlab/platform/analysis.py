@@ -217,11 +217,12 @@ def log_to_mlflow(cfg: AnalysisConfig, grid: dict, files: list[Path]) -> str:
     """One MLflow run with the settings, headline metrics and every output file; returns its id."""
     import mlflow
 
-    from splitlab.platform.tracking import use_tracking
+    from splitlab.platform.tracking import provenance_tags, use_tracking
 
     use_tracking(cfg.tracking_uri, cfg.experiment)
-    with mlflow.start_run(run_name=f"analyze-{cfg.model}") as run:
-        mlflow.set_tag("splitlab.kind", "analysis")
+    # nested under an open run of this process: the demo's parent run
+    with mlflow.start_run(run_name=f"analyze-{cfg.model}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**provenance_tags(), "splitlab.kind": "analysis"})
         mlflow.log_params({"model": cfg.model, "corpus": cfg.corpus, "tokens": grid["tokens"],
                            "window": cfg.window, "seeds": cfg.seeds, "channels": ",".join(cfg.channels),
                            "tasks": ",".join(cfg.tasks) or "none", "task_items": cfg.task_items,

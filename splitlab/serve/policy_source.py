@@ -1,0 +1,54 @@
+"""Where a served policy comes from: a local run folder, or an MLflow/object-store URI downloaded first.
+
+``splitlab serve --set policy_checkpoint=URI`` accepts, besides a local ``splitlab train`` run folder:
+
+- ``runs:/<run_id>/policy`` (or ``runs:/<run_id>``): the run's logged ``policy/`` and ``policy.json``;
+- ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``): a registered policy model
+  (:mod:`splitlab.platform.policy_model`), whose ``artifacts/run`` folder is the run folder;
+- ``s3://...``, ``gs://...``, ``file://...`` and other artifact URIs MLflow can read.
+
+:func:`resolve_policy_source` downloads with ``mlflow.artifacts.download_artifacts`` (tracking URI from
+``$MLFLOW_TRACKING_URI`` or the default store) and returns the local folder that holds ``policy.json``
+and ``policy/``; a local path passes through unchanged.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+REMOTE_SCHEMES = ("runs:/", "models:/", "s3://", "gs://", "wasbs://", "abfss://", "hdfs://", "file://", "mlflow-artifacts:/",
+                  "http://", "https://")
+"""URI prefixes that are downloaded rather than read as a local path."""
+POLICY_FILE = "policy.json"
+
+
+def is_remote(source: str) -> bool:
+    return source.startswith(REMOTE_SCHEMES)
+
+
+def resolve_policy_source(source: str, dst: str | Path | None = None, tracking_uri: str | None = None) -> str:
+    """A local folder holding ``policy.json`` and ``policy/`` for ``source`` (see the module docstring)."""
+    if not is_remote(source):
+        return source
+    from mlflow.artifacts import download_artifacts
+
+    from splitlab.platform.tracking import tracking_uri as resolve_uri
+
+    dst = Path(dst or tempfile.mkdtemp(prefix="splitlab-policy-"))
+    if source.startswith("runs:/"):
+        run_id = source[len("runs:/"):].split("/", 1)[0]
+        if not run_id:
+            raise ValueError(f"policy source {source!r} names no run: expected runs:/<run_id>/policy")
+        # the policy folder and its policy.json sit side by side at the run's root
+        for part in ("policy", POLICY_FILE):
+            download_artifacts(artifact_uri=f"runs:/{run_id}/{part}", dst_path=str(dst),
+                               tracking_uri=resolve_uri(tracking_uri))
+        folder = dst
+    else:
+        folder = Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=resolve_uri(tracking_uri)))
+    for candidate in (folder, folder / "artifacts" / "run", folder / "run"):
+        if (candidate / POLICY_FILE).exists() and (candidate / "policy").is_dir():
+            return str(candidate)
+    raise FileNotFoundError(f"policy source {source!r} downloaded to {folder} but holds no {POLICY_FILE} with a "
+                            "policy/ folder: expected runs:/<id>/policy, a registered split-policy model "
+                            "(models:/<name>/<version>) or a copy of a `splitlab train` run folder")
