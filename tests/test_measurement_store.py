@@ -73,9 +73,11 @@ def test_live_model_reads_and_writes_through_the_store(tiny_llama, tmp_path):
     warm = LiveLLMRewardModel(tiny_llama, **kwargs)
     second = [warm.ppl_clean, warm.quality(2, 5.0), *warm.quality_grid([0, 3], [0.0, 10.0])[1]]
     assert second == first  # identical numbers from the store
-    assert warm.real_evals == 0 and warm.stats()["store/hit_rate"] == 1.0 and warm.store.hits == 6
+    # the same budget of real measurements, none of them computed here
+    assert warm.real_evals == 6 and warm.stats()["store/hit_rate"] == 1.0 and warm.store.hits == 6
+    assert warm.store.writes == 0 and warm.real_eval_time_s < cold.real_eval_time_s
     # quality and quality_grid key a point alike: the grid's (3, 10.0) is the point quality measures
-    assert warm.quality(3, 10.0) == first[-1] and warm.real_evals == 0
+    assert warm.quality(3, 10.0) == first[-1] and warm.real_evals == 6
     # a corrupted entry is remeasured (same seed: same number) and rewritten
     path = Path(warm.store.path(warm.store_key((2, 5.0))))
     path.write_text("garbage")

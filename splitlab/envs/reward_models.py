@@ -107,8 +107,10 @@ class LiveLLMRewardModel(RewardModel):
     of queries. ``ppl_clean`` is computed on first use and counts as one evaluation.
 
     With a ``store`` (a :class:`~splitlab.llm.measurement_store.MeasurementStore` root) every point is
-    looked up there first, keyed by content (:meth:`store_key`); a hit is no evaluation, a miss is
-    measured and written back, so trials and nodes that share the store measure each point once.
+    looked up there first, keyed by content (:meth:`store_key`); a miss is measured and written back, so
+    trials and nodes that share the store measure each point once. ``real_evals`` still counts a hit (it
+    is the run's budget of real measurements, whoever paid for them); ``real_eval_time_s`` counts only
+    the seconds measured here, and ``store.hits`` says how many were read.
     """
 
     def __init__(self, model: Any = "smollm2", channel: ChannelConfig | Mapping | None = None,
@@ -200,6 +202,7 @@ class LiveLLMRewardModel(RewardModel):
                 stored = self.store.get(self.store_key(key)) if self.store is not None else None
                 if stored is not None:
                     self._cache[key] = stored
+                    self.real_evals += 1
                 else:
                     todo[key] = (key[0], self.corruption(key))
         if todo:
@@ -234,6 +237,8 @@ class LiveLLMRewardModel(RewardModel):
         if value is None:
             value = float(measure())
             self.store.put(key, value)
+        else:
+            self.real_evals += 1  # measured by an earlier run: still one of this run's real measurements
         return value
 
     def _perplexity(self, k: int, corrupt) -> float:

@@ -66,12 +66,17 @@ def log_policy_model(run_dir: str | Path, register_as: str | None = None) -> str
     observer = Observer.from_dict(info["observer"])
     example = pd.DataFrame([observer.features(snr, 0.0, 0, 1.0) for snr in (0.0, 10.0, 20.0)],
                            columns=list(FEATURE_NAMES))
-    staging = run_dir / "_policy_model"
-    staging.mkdir(exist_ok=True)
+    staging = run_dir / "_policy_model" / "run"  # the model's artifacts/run
+    staging.mkdir(parents=True, exist_ok=True)
     import shutil
 
-    shutil.copy(run_dir / "policy.json", staging / "policy.json")
-    shutil.copytree(run_dir / "policy", staging / "policy", dirs_exist_ok=True)
+    from splitlab.serve.policy_source import POLICY_PARTS
+
+    for part in POLICY_PARTS:  # what serve loads: the info, the pickle-free export if any, RLlib's policy/
+        if (run_dir / part).is_dir():
+            shutil.copytree(run_dir / part, staging / part, dirs_exist_ok=True)
+        elif (run_dir / part).is_file():
+            shutil.copy(run_dir / part, staging / part)
     try:
         model = SplitPolicyModel()
         ks = np.asarray(info["candidate_ks"])[:len(example)]
@@ -83,7 +88,7 @@ def log_policy_model(run_dir: str | Path, register_as: str | None = None) -> str
                       "candidate_ks": info["candidate_ks"], "num_layers": info["num_layers"]},
             registered_model_name=register_as, pip_requirements=_requirements())
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent, ignore_errors=True)
     if register_as and model_info.registered_model_version is not None:
         return f"models:/{register_as}/{model_info.registered_model_version}"
     return model_info.model_uri

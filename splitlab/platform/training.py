@@ -225,7 +225,8 @@ class TrainingRun:
         last = self.history[-1] if self.history else {}
         self.tracker.log_metrics({k: v for k, v in final.items() if last.get(k) != v}, spec.algorithm.iterations)
         self.tracker.log_files([run_dir / n for n in ("spec.yaml", "history.csv", "surrogate.npz", "grid.json",
-                                                      "policy.json")]
+                                                      "policy.json", "policy_net.json", "policy.safetensors",
+                                                      "policy.npz")]
                                + [files[role] for role in ("k_plot", "learning_curve", "results")],
                                {"policy": files["policy"]})
         if self.tracker.enabled and spec.tracking.log_model and spec.env_kind == "split" \

@@ -9,7 +9,7 @@
 
 :func:`resolve_policy_source` downloads with ``mlflow.artifacts.download_artifacts`` (tracking URI from
 ``$MLFLOW_TRACKING_URI`` or the default store) and returns the local folder that holds ``policy.json``
-and ``policy/``; a local path passes through unchanged.
+with the policy (the pickle-free export and/or RLlib's ``policy/``); a local path passes through unchanged.
 """
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ REMOTE_SCHEMES = ("runs:/", "models:/", "s3://", "gs://", "wasbs://", "abfss://"
                   "http://", "https://")
 """URI prefixes that are downloaded rather than read as a local path."""
 POLICY_FILE = "policy.json"
+POLICY_PARTS = ("policy.json", "policy_net.json", "policy.safetensors", "policy.npz", "policy")
+"""What a run logs for serving: the info, the pickle-free export (net + weights) and RLlib's ``policy/``."""
+
+
+def _servable(folder: Path) -> bool:
+    return (folder / POLICY_FILE).exists() and any((folder / p).exists() for p in POLICY_PARTS[1:])
 
 
 def is_remote(source: str) -> bool:
@@ -39,16 +45,21 @@ def resolve_policy_source(source: str, dst: str | Path | None = None, tracking_u
         run_id = source[len("runs:/"):].split("/", 1)[0]
         if not run_id:
             raise ValueError(f"policy source {source!r} names no run: expected runs:/<run_id>/policy")
-        # the policy folder and its policy.json sit side by side at the run's root
-        for part in ("policy", POLICY_FILE):
-            download_artifacts(artifact_uri=f"runs:/{run_id}/{part}", dst_path=str(dst),
-                               tracking_uri=resolve_uri(tracking_uri))
+        from mlflow.tracking import MlflowClient
+
+        # the policy's files sit side by side at the run's root: fetch those the run has
+        logged = {a.path for a in MlflowClient(tracking_uri=resolve_uri(tracking_uri)).list_artifacts(run_id)}
+        for part in POLICY_PARTS:
+            if part in logged:
+                download_artifacts(artifact_uri=f"runs:/{run_id}/{part}", dst_path=str(dst),
+                                   tracking_uri=resolve_uri(tracking_uri))
         folder = dst
     else:
         folder = Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=resolve_uri(tracking_uri)))
-    for candidate in (folder, folder / "artifacts" / "run", folder / "run"):
-        if (candidate / POLICY_FILE).exists() and (candidate / "policy").is_dir():
+    # a pyfunc model keeps its artifacts under artifacts/<folder name> (run, for splitlab's policy model)
+    for candidate in (folder, *sorted((folder / "artifacts").glob("*"))):
+        if _servable(candidate):
             return str(candidate)
-    raise FileNotFoundError(f"policy source {source!r} downloaded to {folder} but holds no {POLICY_FILE} with a "
-                            "policy/ folder: expected runs:/<id>/policy, a registered split-policy model "
+    raise FileNotFoundError(f"policy source {source!r} downloaded to {folder} but holds no {POLICY_FILE} with the "
+                            "policy (policy_net.json + weights, or policy/): expected runs:/<id>/policy, a registered split-policy model "
                             "(models:/<name>/<version>) or a copy of a `splitlab train` run folder")
