@@ -244,7 +244,10 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
     if measurements:  # `store: auto` of a live quality: one store for every trial, on any node
         from splitlab.llm.measurement_store import ENV_VAR
 
-        os.environ[ENV_VAR] = measurements
+        os.environ[ENV_VAR] = measurements  # this process and the evaluator actors it starts
+        quality = spec.get("quality")
+        if isinstance(quality, dict) and quality.get("kind") == "live" and quality.get("store", "auto") == "auto":
+            quality["store"] = measurements  # env runners (other processes) build the live model from the spec
     ctx = TrialContext(out_dir=out_dir, report=_reporter(metric), trial_name=trial_name, restore_dir=restore_dir)
     final = dict(resolve_trial_fn(trial_fn)(spec, ctx) or {})
     stage = _stage_artifacts(out_dir, spec)
