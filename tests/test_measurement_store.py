@@ -88,3 +88,13 @@ def test_live_model_reads_and_writes_through_the_store(tiny_llama, tmp_path):
     other = LiveLLMRewardModel(tiny_llama, **{**kwargs, "seed": 1})
     other.quality(2, 5.0)
     assert other.real_evals == 1 and other.store.misses == 1
+
+
+def test_a_sweep_shares_one_store_under_its_storage_path(monkeypatch):
+    from splitlab.platform.sweep import measurements_root
+
+    monkeypatch.delenv("SPLITLAB_MEASUREMENTS")
+    assert measurements_root("s3://bucket/sweeps/network-sweep") == "s3://bucket/sweeps/measurements"
+    assert measurements_root("/nfs/sweeps/network-sweep") == "/nfs/sweeps/measurements"
+    monkeypatch.setenv("SPLITLAB_MEASUREMENTS", "/shared/m")
+    assert measurements_root("/nfs/sweeps/network-sweep") == "/shared/m"
