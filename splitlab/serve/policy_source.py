@@ -13,6 +13,7 @@ with the policy (the pickle-free export and/or RLlib's ``policy/``); a local pat
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -33,14 +34,26 @@ def is_remote(source: str) -> bool:
 
 
 def resolve_policy_source(source: str, dst: str | Path | None = None, tracking_uri: str | None = None) -> str:
-    """A local folder holding ``policy.json`` and ``policy/`` for ``source`` (see the module docstring)."""
+    """A local folder holding ``policy.json`` and the policy for ``source`` (see the module docstring).
+
+    Without ``dst`` a source is downloaded once per process (serve's loaders may ask several times)."""
     if not is_remote(source):
         return source
+    if dst is None:
+        return _download_once(source, tracking_uri)
+    return _download(source, Path(dst), tracking_uri)
+
+
+@functools.lru_cache(maxsize=32)
+def _download_once(source: str, tracking_uri: str | None) -> str:
+    return _download(source, Path(tempfile.mkdtemp(prefix="splitlab-policy-")), tracking_uri)
+
+
+def _download(source: str, dst: Path, tracking_uri: str | None) -> str:
     from mlflow.artifacts import download_artifacts
 
     from splitlab.platform.tracking import tracking_uri as resolve_uri
 
-    dst = Path(dst or tempfile.mkdtemp(prefix="splitlab-policy-"))
     if source.startswith("runs:/"):
         run_id = source[len("runs:/"):].split("/", 1)[0]
         if not run_id:
