@@ -67,11 +67,10 @@ class HeldOutEvaluation:
         todo = {n: p for n, p in wanted.items() if n not in self.baselines}
         results = {}
         # scoring with a live truth can take minutes (every candidate split at every SNR the traces visit)
-        with progress_bar(len(todo) + 1, f"scoring {e.episodes} held-out episodes", "policy") as bar:
+        with progress_bar((len(todo) + 1) * e.episodes, f"scoring {len(todo) + 1} policies", "episode") as bar:
             for name, pol in {**policy, **todo}.items():
                 bar.set_postfix_str(name)
-                results.update(run(env, {name: pol}, e.episodes, e.seed))
-                bar.update(1)
+                results.update(run(env, {name: pol}, e.episodes, e.seed, on_episode=lambda: bar.update(1)))
         self.baselines.update({n: results[n] for n in todo})
         results.update({n: self.baselines[n] for n in wanted})
         oracle, random = results["oracle"].mean, results["random"].mean
