@@ -13,6 +13,7 @@ the reductions are ``--set`` overrides recorded in the JSON (``settings``): fewe
 fewer tokens per evaluation, fewer held-out episodes. Full-size numbers scale with those (see README).
 
 How to run:  nice .venv/bin/python benchmarks/sweep_time.py [--trials 4] [--set algorithm.iterations=2 ...]
+             (``--collect /tmp/splitlab-sweep-time-XXXX`` writes the JSON from a run that was cut short)
 
 Results to expect: the warm trial skips every real evaluation (store hit rate 1.0, ``mbrl/real_evals``
 counted by the pool but served from the store) and takes the training time plus the model load; the
@@ -55,15 +56,44 @@ def _train(spec: dict) -> dict:
 
     start = time.perf_counter()
     result = run_training(spec, resume=False, log=None)
-    m = result.metrics
-    return {"wall_s": time.perf_counter() - start, "real_evals": m.get("mbrl/real_evals"),
+    return {**_summary(result.metrics), "wall_s": time.perf_counter() - start}
+
+
+def _summary(m: dict) -> dict:
+    """The figures kept from a run's final metrics (``results.json``)."""
+    return {"wall_s": m.get("time/wall_s"), "real_evals": m.get("mbrl/real_evals"),
             "store_hits": m.get("store/hits"), "store_misses": m.get("store/misses"),
             "store_hit_rate": m.get("store/hit_rate"), "eval_store_hit_rate": m.get("eval/store_hit_rate"),
             "return_vs_oracle": m.get("policy/return_vs_oracle")}
 
 
+def _write(out: dict) -> None:
+    out["loadavg_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sweep_time.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+def collect(work: Path, settings: dict) -> dict:
+    """The JSON from the finished run folders of an earlier (cut short) run of this script in ``work``:
+    each run's ``time/wall_s`` (training and scoring, no interpreter start) and store counters."""
+    out: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "settings": settings,
+                 "hardest_condition": HARDEST, "collected_from": str(work), "goal_warm_s": 180.0}
+    for name in ("cold", "warm"):
+        results = work / name / f"hardest-{name}" / "results.json"
+        if results.exists():
+            out[name] = _summary(json.loads(results.read_text())["metrics"])
+            out[f"hardest_trial_{name}_s"] = out[name]["wall_s"]
+    if "warm" in out:
+        out["goal_met"] = out["hardest_trial_warm_s"] <= 180.0
+    out["sweep"] = None
+    out["note"] = "one run each (wall times, not sampled figures); the small sweep was not run to the end"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collect", default=None, help="write the JSON from the run folders of an earlier run "
+                                                        "of this script (its splitlab-sweep-time-* folder)")
     parser.add_argument("--trials", type=int, default=4, help="conditions in the small sweep (0: skip it)")
     parser.add_argument("--set", action="append", default=[], help="extra KEY=VALUE reductions (YAML-typed)")
     args = parser.parse_args()
@@ -76,6 +106,9 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         settings[key] = yaml.safe_load(value)
+    if args.collect:
+        _write(collect(Path(args.collect), settings))
+        return
     plan = load_plan(ROOT / "tune_configs" / "network_sweep.yaml")
     work = Path(tempfile.mkdtemp(prefix="splitlab-sweep-time-"))
     os.environ[ENV_VAR] = str(work / "measurements")
@@ -87,6 +120,7 @@ def main() -> None:
            "hardest_trial_cold_s": cold["wall_s"], "hardest_trial_warm_s": warm["wall_s"],
            "goal_warm_s": 180.0, "goal_met": warm["wall_s"] <= 180.0, "cold": cold, "warm": warm,
            "n": 1, "seeds": [0], "note": "one run each (a wall time, not a sampled figure); ratio side by side"}
+    _write(out)  # the trial figures survive a sweep that is cut short
     if args.trials:
         # a fresh store, so the sweep's hit rates come from sharing between its own trials
         os.environ[ENV_VAR] = str(work / "sweep-measurements")
@@ -103,9 +137,7 @@ def main() -> None:
                    "eval_store_hit_rate": t["metrics"].get("eval/store_hit_rate"),
                    "real_evals": t["metrics"].get("mbrl/real_evals")} for t in outcome.trials]
         out["sweep"] = {"trials": trials, "wall_s": time.perf_counter() - start, "n_trials": len(trials)}
-    out["loadavg_end"] = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sweep_time.json").write_text(json.dumps(out, indent=1, default=str))
+    _write(out)
     print(json.dumps({k: out[k] for k in ("hardest_trial_cold_s", "hardest_trial_warm_s", "goal_met")}))
 
 
