@@ -135,12 +135,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from splitlab.platform.report import build_report, format_tables, write_outputs
+    from splitlab.platform.report import build_report, format_tables, log_to_parent, write_outputs
 
     report = build_report(args.sweep, tracking_uri=args.tracking_uri, by=args.by, all_ids=args.all)
-    print(format_tables(report))
+    print(format_tables(report, args.aggregate))
     files = write_outputs(report, Path(args.out or f"runs/reports/{report.sweep}"))
     print(f"\nwrote {len(files)} files to {files[0].parent}/: " + ", ".join(f.name for f in files))
+    parent = log_to_parent(report, files, args.tracking_uri)
+    if parent:
+        print(f"logged the tables and plots to the sweep's MLflow parent run {parent}")
     return 0
 
 
@@ -419,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "param outside algorithm/surrogate/training sections)")
     report.add_argument("--out", default=None, help="output folder (default runs/reports/SWEEP)")
     report.add_argument("--all", action="store_true", help="include every sweep id with this name, not just the newest")
+    report.add_argument("--aggregate", choices=["seed", "best"], default=None,
+                        help="seed: mean +- 95%% CI over seeds per condition and method (the default when the sweep "
+                             "swept a seed); best: the best trial per condition (the default otherwise)")
     report.set_defaults(func=cmd_report)
     train = sub.add_parser(
         "train", help="train one split-policy agent from a spec (paper, Dyna or model-free), evaluate, log",

@@ -25,3 +25,10 @@ def smollm2() -> SplitModel:
 def _no_inherited_tracking_uri(monkeypatch):
     """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; keep one test's store out of the next."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _own_measurement_store(monkeypatch, tmp_path_factory):
+    """``store: auto`` resolves through $SPLITLAB_MEASUREMENTS: each test gets an empty store of its own, so
+    counts of real evaluations never depend on what an earlier test (or run) measured."""
+    monkeypatch.setenv("SPLITLAB_MEASUREMENTS", str(tmp_path_factory.mktemp("measurements")))

@@ -26,6 +26,13 @@ def test_quick_demo_runs_every_stage_and_logs_to_mlflow(tmp_path, monkeypatch, c
     assert {"analyze-tiny-llama", "demo-truth", "demo-dyna", "demo-paper"} <= names
     dyna = runs[runs["tags.mlflow.runName"] == "demo-dyna"].iloc[0]
     assert dyna["metrics.mbrl/real_evals"] <= 24  # the quick demo's Dyna budget
+    # one parent run with every stage as its child, the summary table logged to it
+    parent = runs[runs["tags.mlflow.runName"] == "demo"].iloc[0]
+    children = runs[runs["tags.mlflow.runName"] != "demo"]
+    assert set(children["tags.mlflow.parentRunId"]) == {parent["run_id"]} and parent["status"] == "FINISHED"
+    assert parent["tags.splitlab.policy_run"] == dyna["run_id"] and parent["tags.git.dirty"] in ("true", "false")
+    table = mlflow.load_table("summary/results.json", run_ids=[parent["run_id"]])
+    assert "Dyna PPO (ours)" in set(table["method"])
     import ray
 
     assert not ray.is_initialized()  # the demo leaves no Ray behind in the caller's process
@@ -44,7 +51,9 @@ def test_a_failing_stage_is_named_and_earlier_stages_stay(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "[2/2] dyna FAILED" in out and "no evaluators could start" in out
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(mlflow.search_runs(experiment_names=["splitlab-demo"])) == 1
+    runs = mlflow.search_runs(experiment_names=["splitlab-demo"])
+    assert sorted(runs["tags.mlflow.runName"]) == ["analyze-tiny-llama", "demo"]  # the parent and its one stage
+    assert runs.set_index("tags.mlflow.runName").loc["demo", "status"] == "FAILED"
 
 
 @pytest.mark.slow

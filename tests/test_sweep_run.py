@@ -91,6 +91,11 @@ def test_two_trial_sweep_of_real_training_lands_two_runs(tmp_path, local_ray):
     assert len(runs) == 2
     assert {r.data.params["env/dynamics/mean_db"] for r in runs} == {"0.0", "20.0"}
     assert len({r.data.tags[TAG_SWEEP_ID] for r in runs}) == 1
+    # one parent run per sweep, every trial its child, every run with its provenance
+    parent = outcome.parent_run_id
+    assert parent and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert all({"git.commit", "git.dirty", "versions.ray"} <= set(r.data.tags) for r in runs)
     for r in runs:
         assert r.info.status == "FINISHED"
         m = r.data.metrics

@@ -105,11 +105,18 @@ class LiveLLMRewardModel(RewardModel):
     Each distinct ``(k, round(value, decimals))`` is evaluated once, at the rounded value, with a
     generator seeded from ``(seed, k, value)`` so a point's result does not depend on the order
     of queries. ``ppl_clean`` is computed on first use and counts as one evaluation.
+
+    With a ``store`` (a :class:`~splitlab.llm.measurement_store.MeasurementStore` root) every point is
+    looked up there first, keyed by content (:meth:`store_key`); a miss is measured and written back, so
+    trials and nodes that share the store measure each point once. ``real_evals`` still counts a hit (it
+    is the run's budget of real measurements, whoever paid for them); ``real_eval_time_s`` counts only
+    the seconds measured here, and ``store.hits`` says how many were read.
     """
 
     def __init__(self, model: Any = "smollm2", channel: ChannelConfig | Mapping | None = None,
                  corpus: str = "wiki", n_tokens: int = 256, window: int = 64, decimals: int = 1,
-                 seed: int = 0, batch_size: int = 8, ks: Sequence[int] | None = None) -> None:
+                 seed: int = 0, batch_size: int = 8, ks: Sequence[int] | None = None,
+                 store: str | None = None) -> None:
         """
         Args:
             model: a model spec for ``SplitModel.load`` (``smollm2``, ``tiny-llama``, ...) or a SplitModel.
@@ -118,6 +125,8 @@ class LiveLLMRewardModel(RewardModel):
             corpus, n_tokens, window: the evaluation text (``token_windows``).
             decimals: the cache key rounds the value to this many decimals.
             ks: split points allowed; None: 0..L.
+            store: a measurement store root (folder or pyarrow URI), ``auto`` or None (no store); see
+                :func:`~splitlab.llm.measurement_store.resolve_store`.
         """
         from splitlab.llm import SplitModel
         from splitlab.llm.corpora import token_windows
@@ -138,6 +147,11 @@ class LiveLLMRewardModel(RewardModel):
         if bad or not self.ks:
             raise ValueError(f"reward_model.ks must be a non-empty list in 0..{self.num_layers}, got {list(self.ks)}")
         self.decimals, self.seed, self.batch_size = decimals, seed, batch_size
+        from splitlab.llm.measurement_store import MeasurementStore, resolve_store
+
+        root = resolve_store(store)
+        self.store = MeasurementStore(root) if root is not None else None
+        self._content: dict[str, str] | None = None
         self.cache_hits = 0
         self._cache: dict[tuple[int, float], float] = {}
         self._ppl_clean: float | None = None
@@ -147,22 +161,85 @@ class LiveLLMRewardModel(RewardModel):
     @property
     def ppl_clean(self) -> float:
         if self._ppl_clean is None:
-            self._ppl_clean = self._timed(lambda: self._perplexity(0, None))
+            self._ppl_clean = self._stored(self.store_key(None), lambda: self._timed(lambda: self._perplexity(0, None)))
         return self._ppl_clean
 
-    def quality(self, k: int, value: float) -> float:
+    def point(self, k: int, value: float) -> tuple[int, float]:
+        """The cache key of a query: ``(k, value rounded to decimals)``; fails for a k not in ``ks``."""
         if int(k) not in self.ks:
             raise ValueError(f"k={k} is not an allowed split point; allowed: {list(self.ks)}")
-        key = (int(k), round(float(value), self.decimals))
+        return int(k), round(float(value), self.decimals)
+
+    def corruption(self, point: tuple[int, float]) -> Any:
+        """The channel corruption of one point, seeded from ``(seed, k, value)`` alone."""
+        cfg = self.channel_config.replace(**{self.param: point[1]})
+        rng = np.random.default_rng([self.seed, point[0], zlib.crc32(repr(point[1]).encode())])
+        return Channel(cfg).as_corruption(rng)
+
+    def quality(self, k: int, value: float) -> float:
+        key = self.point(k, value)
         cached = self._cache.get(key)
         if cached is not None:
             self.cache_hits += 1
             return cached
-        cfg = self.channel_config.replace(**{self.param: key[1]})
-        rng = np.random.default_rng([self.seed, key[0], zlib.crc32(repr(key[1]).encode())])
-        ppl = self._timed(lambda: self._perplexity(key[0], Channel(cfg).as_corruption(rng)))
+        ppl = self._stored(self.store_key(key),
+                           lambda: self._timed(lambda: self._perplexity(key[0], self.corruption(key))))
         self._cache[key] = ppl
         return ppl
+
+    def quality_grid(self, ks: Sequence[int], values: Sequence[float]) -> list[list[float]]:
+        """Perplexity at every (k, value) [K][V], each equal to what :meth:`quality` returns (and cached
+        there). Points missing from the cache and the store share one clean pass per batch
+        (``perplexity_grid``: only the tails rerun); each counts as one evaluation."""
+        from splitlab.llm.evaluation import perplexity_grid
+
+        todo = {}
+        for k in ks:
+            for v in values:
+                key = self.point(k, v)
+                if key in self._cache or key in todo:
+                    continue
+                stored = self.store.get(self.store_key(key)) if self.store is not None else None
+                if stored is not None:
+                    self._cache[key] = stored
+                    self.real_evals += 1
+                else:
+                    todo[key] = (key[0], self.corruption(key))
+        if todo:
+            start = time.perf_counter()
+            measured = perplexity_grid(self.model, self.windows, todo, batch_size=self.batch_size)
+            self.real_eval_time_s += time.perf_counter() - start
+            self.real_evals += len(measured)
+            for key, ppl in measured.items():
+                self._cache[key] = float(ppl)
+                if self.store is not None:
+                    self.store.put(self.store_key(key), float(ppl))
+        return [[self._cache[self.point(k, v)] for v in values] for k in ks]
+
+    def store_key(self, point: tuple[int, float] | None) -> dict[str, Any]:
+        """The content key of a measurement (None: the clean reference): model and text digests, the
+        channel with its value, k, the noise seed and the metric."""
+        from splitlab.llm.measurement_store import measurement_key
+
+        if self._content is None:
+            self._content = {"model": model_digest(self.model), "text": text_digest(self.windows)}
+        if point is None:
+            return measurement_key(**self._content, metric="ppl_clean", k=None, channel=None, seed=None)
+        channel = self.channel_config.replace(**{self.param: point[1]}).to_dict()
+        return measurement_key(**self._content, metric="ppl", k=point[0], channel=channel, value=point[1],
+                               seed=self.seed, batch_size=self.batch_size)  # noise is drawn once per batch
+
+    def _stored(self, key: dict[str, Any], measure: Callable[[], float]) -> float:
+        """The store's value for ``key``, else ``measure()`` written back (no store: just ``measure()``)."""
+        if self.store is None:
+            return measure()
+        value = self.store.get(key)
+        if value is None:
+            value = float(measure())
+            self.store.put(key, value)
+        else:
+            self.real_evals += 1  # measured by an earlier run: still one of this run's real measurements
+        return value
 
     def _perplexity(self, k: int, corrupt) -> float:
         from splitlab.llm.evaluation import perplexity
@@ -177,10 +254,35 @@ class LiveLLMRewardModel(RewardModel):
         return out
 
     def stats(self) -> dict[str, float]:
-        return {**super().stats(), "mbrl/cache_hits": float(self.cache_hits)}
+        store = self.store.stats() if self.store is not None else {}
+        return {**super().stats(), "mbrl/cache_hits": float(self.cache_hits), **store}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.model.name, "tokens": int(self.windows.numel())}
+
+
+def model_digest(model: Any) -> str:
+    """A digest of a SplitModel's content: its name, config and every parameter's bytes (about a second for
+    SmolLM2), so a store never mixes two checkpoints that share a name."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(model.name).encode())
+    h.update(model.model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.model.state_dict().items()):
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def text_digest(windows: Any) -> str:
+    """A digest of the evaluation token windows [N, W] (corpus, tokenizer and token range in one)."""
+    import hashlib
+
+    ids = np.ascontiguousarray(windows.cpu().numpy().astype(np.int64))
+    return hashlib.blake2b(f"{ids.shape}".encode() + ids.tobytes(), digest_size=16).hexdigest()
 
 
 class SurrogateRewardModel(RewardModel):

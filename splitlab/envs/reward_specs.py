@@ -112,6 +112,10 @@ class LiveRewardSpec(ConfigModel):
     """Windows per forward pass."""
     ks: tuple[Annotated[Int, Field(ge=0)], ...] | None = None
     """Split points allowed; None: 0..L."""
+    store: Str | None = "auto"
+    """Measurement store shared by trials and nodes (each point measured once, keyed by content): a folder, a
+    pyarrow URI (``s3://bucket/prefix``, ``file:///nfs/...``), ``auto`` (``$SPLITLAB_MEASUREMENTS``, which a
+    sweep sets to ``<storage_path>/measurements``, else ``runs/measurements``) or None (measure every time)."""
 
     @field_validator("model")
     @classmethod

@@ -62,8 +62,10 @@ def return_ratio(value: float, oracle: float) -> float:
 
 
 # -- single-user SplitEnv --------------------------------------------------------------------------
-def evaluate_split_env(env: SplitEnv, policies: Mapping[str, Any], episodes: int, seed: int) -> dict[str, PolicyResult]:
-    """Each policy (a Policy or ``obs -> action``) on ``episodes`` held-out episodes of ``env``."""
+def evaluate_split_env(env: SplitEnv, policies: Mapping[str, Any], episodes: int, seed: int,
+                       on_episode: Callable[[], None] | None = None) -> dict[str, PolicyResult]:
+    """Each policy (a Policy or ``obs -> action``) on ``episodes`` held-out episodes of ``env``;
+    ``on_episode`` is called after each (a progress bar)."""
     wireless = env.config.preset == "wireless"
     traces = held_out_traces(env.config, episodes, seed=seed) if wireless else None
     seeds = [int(seed) + i for i in range(episodes)]
@@ -76,6 +78,8 @@ def evaluate_split_env(env: SplitEnv, policies: Mapping[str, Any], episodes: int
             res.returns.append(ep.return_)
             res.channel.extend(float(info[key]) for info in ep.infos)
             res.ks.extend(int(info["cost/k"]) for info in ep.infos)
+            if on_episode:
+                on_episode()
         out[name] = res
     return out
 
@@ -128,9 +132,9 @@ def best_response_oracle(obs: Mapping[str, np.ndarray], env: Any, rounds: int = 
 
 
 def evaluate_multi_user(env: Any, policies: Mapping[str, MultiAct], episodes: int,
-                        seed: int) -> dict[str, PolicyResult]:
+                        seed: int, on_episode: Callable[[], None] | None = None) -> dict[str, PolicyResult]:
     """Each policy ``(obs dict, env) -> action dict`` on the same reset seeds; return = summed reward of
-    all UEs per episode."""
+    all UEs per episode; ``on_episode`` is called after each (a progress bar)."""
     out = {}
     for name, act in policies.items():
         res = PolicyResult(name, [])
@@ -147,6 +151,8 @@ def evaluate_multi_user(env: Any, policies: Mapping[str, MultiAct], episodes: in
                         res.ks.append(int(info["cost/k"]))
                 done = terms.get("__all__", False) or truncs.get("__all__", False)
             res.returns.append(total)
+            if on_episode:
+                on_episode()
         out[name] = res
     return out
 

@@ -62,32 +62,22 @@ class LLMEvaluator:
         """Perplexity at every (k, value) [K][V] and the seconds it took, sharing the heads' work.
 
         For a live LLM model, one clean pass per batch gives the hidden state after every layer and
-        each point reruns only its tail (``perplexity_grid``), with the same per-point noise seed as
-        :meth:`LiveLLMRewardModel.quality`, so each value equals what ``quality`` returns (and is
-        cached there). Other models are queried point by point.
+        each point reruns only its tail (:meth:`LiveLLMRewardModel.quality_grid`, through the measurement
+        store when it has one), so each value equals what ``quality`` returns. Other models are queried
+        point by point.
         """
-        import zlib
-
         from splitlab.envs.reward_models import LiveLLMRewardModel
 
         start = time.perf_counter()
         m = self.model
         if not isinstance(m, LiveLLMRewardModel):
             return [[float(m.quality(int(k), float(v))) for v in values] for k in ks], time.perf_counter() - start
-        from splitlab.channel import Channel
-        from splitlab.llm.evaluation import perplexity_grid
+        return m.quality_grid(ks, values), time.perf_counter() - start
 
-        points = {}
-        for k in ks:
-            for v in values:
-                key = (int(k), round(float(v), m.decimals))
-                cfg = m.channel_config.replace(**{m.param: key[1]})
-                rng = np.random.default_rng([m.seed, key[0], zlib.crc32(repr(key[1]).encode())])
-                points[key] = (key[0], Channel(cfg).as_corruption(rng))
-        ppl = perplexity_grid(m.model, m.windows, points, batch_size=m.batch_size)
-        m._cache.update(ppl)
-        out = [[ppl[(int(k), round(float(v), m.decimals))] for v in values] for k in ks]
-        return out, time.perf_counter() - start
+    def store_stats(self) -> dict[str, float]:
+        """The measurement store's counters (``store/...``; empty without a store)."""
+        store = getattr(self.model, "store", None)
+        return store.stats() if store is not None else {}
 
 
 class EvaluationPool:
@@ -112,6 +102,11 @@ class EvaluationPool:
         check_range("evaluator_cpus", num_cpus, 0.0, 64.0)
         check_int("evaluator_threads", threads, 1, 64)
         self.reward_spec = reward_spec.to_dict() if hasattr(reward_spec, "to_dict") else dict(reward_spec)
+        if self.reward_spec.get("kind") == "live":
+            from splitlab.llm.measurement_store import resolve_store
+
+            # resolved here, in the trial, so actors (another working directory, maybe another node) agree
+            self.reward_spec["store"] = resolve_store(self.reward_spec.get("store"))
         self.decimals = int(self.reward_spec.get("decimals", 1)) if self.reward_spec.get("kind") == "live" else None
         self.owns_actors = actors is None
         if actors is None:
@@ -202,9 +197,21 @@ class EvaluationPool:
         return np.array([[self.cache[(int(k), v)][0] for v in keyed] for k in ks])
 
     def stats(self) -> dict[str, float]:
-        """``mbrl/real_evals``, ``mbrl/real_eval_time_s`` (actor seconds), ``mbrl/real_eval_wall_s``, cache hits."""
+        """``mbrl/real_evals``, ``mbrl/real_eval_time_s`` (actor seconds), ``mbrl/real_eval_wall_s``, cache hits,
+        and the measurement store's counters summed over the actors (``store/hits``, ``store/hit_rate``, ...)."""
         return {"mbrl/real_evals": float(self.real_evals), "mbrl/real_eval_time_s": self.eval_time_s,
-                "mbrl/real_eval_wall_s": self.wall_s, "mbrl/cache_hits": float(self.cache_hits)}
+                "mbrl/real_eval_wall_s": self.wall_s, "mbrl/cache_hits": float(self.cache_hits),
+                **self.store_stats()}
+
+    def store_stats(self) -> dict[str, float]:
+        """The measurement store's counters summed over the actors (empty when the quality has no store)."""
+        import ray
+
+        from splitlab.llm.measurement_store import merge_stats
+
+        if not self.actors or not self.reward_spec.get("store"):
+            return {}
+        return merge_stats(ray.get([actor.store_stats.remote() for actor in self.actors]))
 
     def get_state(self) -> dict[str, Any]:
         """Cache and counters (for a checkpoint)."""

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
 from splitlab.channel import Channel, ChannelConfig, link_cost
 from splitlab.config import Bool, ConfigModel, Float, Int, NonNegativeInt, PositiveInt, Str
 from splitlab.llm.evaluation import TASKS
+from splitlab.platform.statistics import ci95
+from splitlab.progress import progress_bar
 
 # Named sweeps: which ChannelConfig they start from and which field they vary.
 SWEEPS: dict[str, tuple[dict, str]] = {
@@ -105,14 +105,6 @@ class AnalysisConfig(ConfigModel):
         return [(c, SWEEPS[c][1], v) for c in self.channels for v in self._values(c)]
 
 
-def _ci95(samples: np.ndarray) -> float:
-    if len(samples) < 2:
-        return 0.0
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, len(samples) - 1) * samples.std(ddof=1) / np.sqrt(len(samples)))
-
-
 def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
     """Run the grid; returns the ``grid.json`` dict (see ``splitlab.envs.quality_grid``)."""
     from splitlab.llm import SplitModel
@@ -143,12 +135,12 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
                 rng = np.random.default_rng([cfg.seed, s, ci, k])
                 points[sweep, value, k, s] = (k, channel.as_corruption(rng))
     n_batches = -(-windows.shape[0] // cfg.batch_size)
-    with _bar(len(points) * n_batches, "analysis (k x channel x seed)", "tail", progress) as bar:
+    with progress_bar(len(points) * n_batches, "analysis (k x channel x seed)", "tail", progress) as bar:
         ppl = perplexity_grid(model, windows, points, cfg.batch_size, on_point=bar.update)
     acc, tasks = {}, {}
     for task in cfg.tasks:
         items = task_items(task)[:cfg.task_items]
-        with _bar(len(items), f"{task} accuracy ({len(points)} points per item)", "item", progress) as bar:
+        with progress_bar(len(items), f"{task} accuracy ({len(points)} points per item)", "item", progress) as bar:
             acc[task] = accuracy_grid(model, task, items, {**points, "clean": (0, None)}, on_item=bar.update)
         tasks[task] = {"items": len(items), "acc_clean": acc[task]["clean"]}
     leak = _leakage(cfg, model, windows, fit_windows, splits, progress) if cfg.privacy else None
@@ -160,11 +152,11 @@ def compute_grid(cfg: AnalysisConfig, progress: bool = True) -> dict:
         for k in splits:
             samples = np.array([ppl[sweep, value, k, s] for s in range(cfg.seeds)])
             row = {"k": k, "channel": sweep, "param": param, "value": float(value),
-                   "ppl_mean": float(samples.mean()), "ppl_ci95": _ci95(samples), "seeds": cfg.seeds,
+                   "ppl_mean": float(samples.mean()), "ppl_ci95": ci95(samples), "seeds": cfg.seeds,
                    "payload_bytes": cost.payload_bytes, "tx_time_s": cost.tx_time_s}
             for task, by_point in acc.items():
                 hits = np.array([by_point[sweep, value, k, s] for s in range(cfg.seeds)])
-                row.update({f"acc_{task}_mean": float(hits.mean()), f"acc_{task}_ci95": _ci95(hits)})
+                row.update({f"acc_{task}_mean": float(hits.mean()), f"acc_{task}_ci95": ci95(hits)})
             if leak is not None:
                 row.update(leak["points"][sweep, value, k])
             rows.append(row)
@@ -190,7 +182,7 @@ def _leakage(cfg: AnalysisConfig, model, windows, fit_windows, splits: list[int]
             for s in range(cfg.seeds):
                 points[sweep, value, k, s] = (k, channel.as_corruption(np.random.default_rng([cfg.seed, s, ci, k, 1])),
                                               channel.as_corruption(np.random.default_rng([cfg.seed, s, ci, k, 2])))
-    with _bar(len(points), "privacy (k x channel x seed)", "point", progress) as bar:
+    with progress_bar(len(points), "privacy (k x channel x seed)", "point", progress) as bar:
         hits = leakage_grid(model, windows, fit_windows, points, batch_size=cfg.batch_size, on_point=bar.update)
 
     def row(keys: list) -> dict:
@@ -204,12 +196,6 @@ def _leakage(cfg: AnalysisConfig, model, windows, fit_windows, splits: list[int]
     return {"tokens_eval": int(windows.numel()), "tokens_fit": int(fit_windows.numel()),
             "ci95": "percentile bootstrap over windows (2000 resamples), seeds averaged within a window",
             "clean": [{"k": k, **row([("clean", k)])} for k in splits], "points": by_point}
-
-
-def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
-    # In a log (no terminal) a refresh every 30 s keeps the progress without flooding it.
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress,
-                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 def task_items(task: str) -> tuple:
@@ -303,11 +289,12 @@ def log_to_mlflow(cfg: AnalysisConfig, grid: dict, files: list[Path]) -> str:
     """One MLflow run with the settings, headline metrics and every output file; returns its id."""
     import mlflow
 
-    from splitlab.platform.tracking import use_tracking
+    from splitlab.platform.tracking import provenance_tags, use_tracking
 
     use_tracking(cfg.tracking_uri, cfg.experiment)
-    with mlflow.start_run(run_name=f"analyze-{cfg.model}") as run:
-        mlflow.set_tag("splitlab.kind", "analysis")
+    # nested under an open run of this process: the demo's parent run
+    with mlflow.start_run(run_name=f"analyze-{cfg.model}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**provenance_tags(), "splitlab.kind": "analysis"})
         mlflow.log_params({"model": cfg.model, "corpus": cfg.corpus, "tokens": grid["tokens"],
                            "window": cfg.window, "seeds": cfg.seeds, "channels": ",".join(cfg.channels),
                            "tasks": ",".join(cfg.tasks) or "none", "task_items": cfg.task_items,

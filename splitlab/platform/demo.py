@@ -125,7 +125,7 @@ def stage_truth(state: DemoState) -> None:
 
     from splitlab.mbrl.evaluators import EvaluationPool, measure_grid
     from splitlab.platform.spec import ExperimentSpec
-    from splitlab.platform.tracking import use_tracking
+    from splitlab.platform.tracking import provenance_tags, use_tracking
     from splitlab.platform.ray_runtime import ensure_ray
     from splitlab.platform.run_env import value_range
 
@@ -139,6 +139,7 @@ def stage_truth(state: DemoState) -> None:
         with EvaluationPool(spec.quality, n_actors=2) as pool:
             grid = measure_grid(pool, ks, values)
             seconds = pool.eval_time_s
+            store = pool.store_stats()  # a rerun of the demo reads the truth from the measurement store
     finally:
         if started_ray:  # leave Ray as found: each training stage starts and stops its own
             import ray
@@ -149,11 +150,11 @@ def stage_truth(state: DemoState) -> None:
     (folder / "grid.json").write_text(json.dumps(grid, indent=1))
     state.results["truth"] = {"points": len(grid["rows"]), "path": folder / "grid.json"}
     use_tracking(state.cfg.tracking_uri, "splitlab-demo")
-    with mlflow.start_run(run_name="demo-truth"):
-        mlflow.set_tag("splitlab.kind", "truth")
+    with mlflow.start_run(run_name="demo-truth", nested=mlflow.active_run() is not None):
+        mlflow.set_tags({**provenance_tags(), "splitlab.kind": "truth"})
         mlflow.log_params({"model": state.cfg.model, "ks": ks, "snr_db": values, "n_tokens": spec.quality.n_tokens})
         mlflow.log_metrics({"truth/points": len(grid["rows"]), "truth/eval_s": seconds,
-                            "quality/ppl_clean": grid["ppl_clean"]})
+                            "quality/ppl_clean": grid["ppl_clean"], **store})
         mlflow.log_artifact(str(folder / "grid.json"))
     print(f"    {len(ks)} splits x {len(values)} SNRs ({values[0]:g}..{values[-1]:g} dB) in "
           f"{time.perf_counter() - start:.0f} s; {folder / 'grid.json'}")
@@ -186,6 +187,25 @@ def stages() -> list[Stage]:
 
 
 def run_demo(cfg: DemoConfig) -> int:
+    """Every stage as a child of one MLflow parent run ``demo``, which gets the summary table at the end."""
+    import mlflow
+
+    from splitlab.platform.tracking import TAG_KIND, provenance_tags, use_tracking
+
+    use_tracking(cfg.tracking_uri, "splitlab-demo")
+    parent = mlflow.start_run(run_name="demo", tags={**provenance_tags(), TAG_KIND: "demo"})
+    code = 1
+    try:
+        mlflow.log_params({"model": cfg.model, "quick": cfg.quick, "out": cfg.out})
+        code = _run_stages(cfg, parent.info.run_id)
+    finally:
+        mlflow.end_run(status="FINISHED" if code == 0 else "FAILED")
+    return code
+
+
+def _run_stages(cfg: DemoConfig, parent_id: str) -> int:
+    import mlflow
+
     state = DemoState(cfg)
     start = time.perf_counter()
     plan = stages()
@@ -203,6 +223,14 @@ def run_demo(cfg: DemoConfig) -> int:
         print(f"[{i}/{len(plan)}] {name} done in {state.timings[name]:.0f} s "
               f"(total {time.perf_counter() - start:.0f} s)", flush=True)
     print_summary(state, time.perf_counter() - start)
+    rows = results_table(state)
+    if rows:  # the comparison, in the parent run's Evaluation/Artifacts view
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "summary/results.json", run_id=parent_id)
+    mlflow.log_metrics({"time/total_s": time.perf_counter() - start,
+                        **{f"time/stage_{i}_s": s for i, s in enumerate(state.timings.values(), 1)}})
+    dyna = state.results.get("dyna")
+    if dyna is not None and dyna.run_id:
+        mlflow.set_tag("splitlab.policy_run", dyna.run_id)  # `splitlab serve --set policy=runs:/<id>/policy`
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from splitlab.platform.run_env import build_env
 from splitlab.platform.spec import ExperimentSpec
+from splitlab.progress import progress_bar
 
 
 class HeldOutEvaluation:
@@ -64,15 +65,22 @@ class HeldOutEvaluation:
             policy = {"policy": greedy_policy(module)}
         wanted = baselines if (final and e.baselines) else {n: baselines[n] for n in ("oracle", "random")}
         todo = {n: p for n, p in wanted.items() if n not in self.baselines}
-        if todo:
-            self.baselines.update(run(env, todo, e.episodes, e.seed))
-        results = {**run(env, policy, e.episodes, e.seed), **{n: self.baselines[n] for n in wanted}}
+        results = {}
+        # scoring with a live truth can take minutes (every candidate split at every SNR the traces visit)
+        with progress_bar((len(todo) + 1) * e.episodes, f"scoring {len(todo) + 1} policies", "episode") as bar:
+            for name, pol in {**policy, **todo}.items():
+                bar.set_postfix_str(name)
+                results.update(run(env, {name: pol}, e.episodes, e.seed, on_episode=lambda: bar.update(1)))
+        self.baselines.update({n: results[n] for n in todo})
+        results.update({n: self.baselines[n] for n in wanted})
         oracle, random = results["oracle"].mean, results["random"].mean
         pol = results["policy"]
         metrics = {"policy/return": pol.mean, "policy/return_vs_oracle": ev.score_vs_oracle(pol.mean, oracle, random),
                    "policy/return_ratio": ev.return_ratio(pol.mean, oracle), "policy/mean_k": pol.mean_k,
                    "oracle/return": oracle, "random/return": random,
                    "eval/real_evals": float(env.reward_model.real_evals if self.pool is not None else 0.0)}
+        if self.pool is not None:  # the truth's measurement store: eval/store_hits, eval/store_hit_rate, ...
+            metrics.update({f"eval/{k.replace('/', '_')}": v for k, v in self.pool.store_stats().items()})
         return metrics, results
 
     def close(self) -> None:

@@ -87,6 +87,33 @@ class SweepReport:
     method_keys: list[str]
     trials: list[TrialRow] = field(default_factory=list)
 
+    @property
+    def seed_keys(self) -> list[str]:
+        """Swept params that are seeds (last name ``seed``): repetitions, not methods."""
+        return [k for k in self.method_keys if _short_key(k) == "seed"]
+
+    def aggregate_by_seed(self) -> list[dict[str, Any]]:
+        """Per (condition, method without the seed): n finished seeds, mean and 95% t-interval half-width of
+        the score, the return and the real evaluations, in sorted order."""
+        from splitlab.platform.statistics import ci95
+
+        keep = [i for i, k in enumerate(self.method_keys) if k not in self.seed_keys]
+        groups: dict[tuple, list[TrialRow]] = {}
+        for t in self.trials:
+            if t.status == "FINISHED" and t.ret is not None:
+                groups.setdefault((t.condition, tuple(t.method[i] for i in keep)), []).append(t)
+        rows = []
+        for (condition, method), ts in sorted(groups.items(), key=lambda kv: (_sort_key(kv[0][0]), _sort_key(kv[0][1]))):
+            row: dict[str, Any] = {"condition": condition, "method": method, "n": len(ts),
+                                   "seeds": sorted(str(t.method[i]) for t in ts for i, k in enumerate(self.method_keys)
+                                                   if k in self.seed_keys)}
+            for name, values in (("score", [_score(t) for t in ts]), ("return", [t.ret for t in ts]),
+                                 ("real_evals", [t.real_evals for t in ts if t.real_evals is not None])):
+                row[f"{name}_mean"] = float(sum(values) / len(values)) if values else None
+                row[f"{name}_ci95"] = ci95(values) if values else None
+            rows.append(row)
+        return rows
+
     def best_per_condition(self) -> list[TrialRow]:
         """The highest-return finished trial for each network condition, conditions in sorted order."""
         groups: dict[tuple, list[TrialRow]] = {}
@@ -190,10 +217,40 @@ def _short_key(k: str) -> str:
     return k.rsplit("/", 1)[-1]
 
 
-def format_tables(report: SweepReport) -> str:
-    """The best trial per condition, then every trial: plain text for the terminal."""
+AGGREGATES = ("seed", "best")
+"""``--aggregate``: mean +- 95% CI over seeds per condition and method, or the best trial per condition."""
+
+
+def default_aggregate(report: SweepReport) -> str:
+    """``seed`` when the sweep swept a seed, else ``best``."""
+    return "seed" if report.seed_keys else "best"
+
+
+def format_seed_table(report: SweepReport) -> list[str]:
+    """Mean +- 95% CI (Student t over seeds) of the score and return per condition and method."""
+    cond = [_short_key(k) for k in report.condition_keys]
+    meth = [_short_key(k) for k in report.method_keys if k not in report.seed_keys]
+    head = cond + meth + ["n seeds", "score", "+-95%", "return", "+-95%", "real evals"]
+    rows = [[_fmt(v) for v in r["condition"] + r["method"]] + [
+        str(r["n"]), _fmt(r["score_mean"], ".3f"), _fmt(r["score_ci95"], ".3f"), _fmt(r["return_mean"]),
+        _fmt(r["return_ci95"]), _fmt(r["real_evals_mean"], ".0f")] for r in report.aggregate_by_seed()]
+    return ["", f"mean over seeds per network condition and method ({', '.join(report.seed_keys)}; "
+                "+-95%: Student-t interval half-width)", *_table(head, rows)]
+
+
+def format_tables(report: SweepReport, aggregate: str | None = None) -> str:
+    """The seed aggregate (default when the sweep has seeds) or the best trial per condition, then every
+    trial: plain text for the terminal."""
+    aggregate = aggregate or default_aggregate(report)
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}")
+    if aggregate == "seed" and not report.seed_keys:
+        raise ValueError(f"--aggregate seed needs a swept seed; {report.sweep!r} sweeps "
+                         f"{[k.replace('/', '.') for k in report.condition_keys + report.method_keys]}")
     lines = [f"sweep {report.sweep} (id {report.sweep_id}): {len(report.trials)} trials, "
              f"{sum(t.status == 'FINISHED' for t in report.trials)} finished"]
+    if aggregate == "seed":
+        lines += format_seed_table(report)
     cond = [_short_key(k) for k in report.condition_keys]
     meth = [_short_key(k) for k in report.method_keys]
     head = cond + ["best method" if meth else "trial", "return", "oracle", "ret/oracle", "score", "real evals",
@@ -204,7 +261,8 @@ def format_tables(report: SweepReport) -> str:
         rows.append([_fmt(v) for v in t.condition] + [method, _fmt(t.ret), _fmt(t.oracle), _fmt(t.ratio, ".3f"),
                                                       _fmt(t.fraction, ".3f"), _fmt(t.real_evals, ".0f"),
                                                       _fmt(t.mean_k, ".2f")])
-    lines += ["", "best split policy per network condition (highest held-out return)", *_table(head, rows)]
+    if aggregate == "best":
+        lines += ["", "best split policy per network condition (highest held-out return)", *_table(head, rows)]
     head = cond + meth + ["status", "return", "ret/oracle", "score", "real evals", "mean k"]
     rows = [[_fmt(v) for v in t.condition + t.method] + [t.status, _fmt(t.ret), _fmt(t.ratio, ".3f"),
                                                           _fmt(t.fraction, ".3f"), _fmt(t.real_evals, ".0f"),
@@ -223,9 +281,22 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def write_outputs(report: SweepReport, out: Path) -> list[Path]:
-    """trials.csv, best_per_condition.csv and the comparison plots; returns the files written."""
+    """trials.csv, best_per_condition.csv, seed_aggregate.csv (a sweep with seeds) and the comparison plots;
+    returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "trials.csv", out / "best_per_condition.csv"]
+    if report.seed_keys:
+        files.append(out / "seed_aggregate.csv")
+        rows = report.aggregate_by_seed()
+        with files[-1].open("w", newline="") as f:
+            writer = csv.writer(f)
+            stats = ["n", "seeds", "score_mean", "score_ci95", "return_mean", "return_ci95", "real_evals_mean",
+                     "real_evals_ci95"]
+            writer.writerow([*report.condition_keys, *(k for k in report.method_keys if k not in report.seed_keys),
+                             *stats])
+            for r in rows:
+                writer.writerow([*r["condition"], *r["method"], *(r[s] if s != "seeds" else " ".join(r[s])
+                                                                  for s in stats)])
     metric_keys = sorted({k for t in report.trials for k in t.metrics})
     for path, trials in ((files[0], report.trials), (files[1], report.best_per_condition())):
         with path.open("w", newline="") as f:
@@ -236,6 +307,39 @@ def write_outputs(report: SweepReport, out: Path) -> list[Path]:
                 writer.writerow([t.run_id, t.run_name, t.status, *t.condition, *t.method,
                                  *(t.metrics.get(k, "") for k in metric_keys)])
     return files + plot_report(report, out)
+
+
+def log_to_parent(report: SweepReport, files: Sequence[Path], tracking_uri: str | None = None) -> str | None:
+    """Log the report's tables (``mlflow.log_table``: trials and the seed aggregate) and files to the sweep's
+    parent run (tag ``splitlab.sweep_parent``); returns its id, or None for a sweep from before parent runs."""
+    from mlflow.tracking import MlflowClient
+
+    from splitlab.platform.tracking import TAG_SWEEP_PARENT
+    from splitlab.platform.tracking import tracking_uri as resolve_uri
+
+    client = MlflowClient(tracking_uri=resolve_uri(tracking_uri))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(experiments, filter_string=f"tags.`{TAG_SWEEP_PARENT}` = '{report.sweep_id}'",
+                               max_results=1)
+    if not found:
+        return None
+    run_id = found[0].info.run_id
+    trials = {"run_id": [t.run_id for t in report.trials], "status": [t.status for t in report.trials],
+              **{k: [str(v) for v in col] for k, col in zip(report.condition_keys + report.method_keys,
+                                                            zip(*[t.condition + t.method for t in report.trials]))},
+              "return": [t.ret for t in report.trials], "score": [t.fraction for t in report.trials],
+              "real_evals": [t.real_evals for t in report.trials]}
+    client.log_table(run_id, trials, "report/trials.json")
+    if report.seed_keys:
+        rows = report.aggregate_by_seed()
+        table = {k.replace("/", "."): [str(r["condition"][i]) for r in rows] for i, k in enumerate(report.condition_keys)}
+        table.update({k.replace("/", "."): [str(r["method"][i]) for r in rows]
+                      for i, k in enumerate(k for k in report.method_keys if k not in report.seed_keys)})
+        table.update({s: [r[s] for r in rows] for s in ("n", "score_mean", "score_ci95", "return_mean", "return_ci95")})
+        client.log_table(run_id, table, "report/seed_aggregate.json")
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="report")
+    return run_id
 
 
 def _score(t: TrialRow) -> float:

@@ -47,6 +47,8 @@ def atomic_json(path: Path, data: Any) -> None:
 def spec_identity(spec: ExperimentSpec) -> dict[str, Any]:
     """The resolved spec without :data:`WHERE_KEYS`, as plain JSON types (what the hash covers)."""
     plain = json.loads(json.dumps(spec.to_dict(), default=str))
+    if isinstance(plain.get("quality"), dict):
+        plain["quality"].pop("store", None)  # where measurements are kept, not what is measured
     return {k: v for k, v in plain.items() if k not in WHERE_KEYS}
 
 

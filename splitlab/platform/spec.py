@@ -181,6 +181,10 @@ class TrackingSpec(ConfigModel):
     """Tracking URI; None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory."""
     experiment: Annotated[Str, Field(min_length=1)] = "splitlab-train"
     """MLflow experiment name."""
+    log_model: Bool = True
+    """Log a wireless single-user policy as an MLflow pyfunc model (observation -> k) at ``policy_model``."""
+    register_policy: Annotated[Str, Field(min_length=1)] | None = None
+    """Register that model under this name (``models:/<name>/<version>``); None: log it only."""
 
 
 class SplitEnvSection(SplitEnvSettings):

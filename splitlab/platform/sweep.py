@@ -211,7 +211,7 @@ def _reporter(metric: str | None) -> Callable[[Mapping[str, Any]], None]:
 
 
 def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: str, experiment_dir: str,
-               metric: str | None = None) -> None:
+               metric: str | None = None, measurements: str | None = None) -> None:
     """The Tune function trainable: merge, run, and hand the results over as the final checkpoint.
 
     The run folder is ``<experiment_dir>/<trial>/run`` when the sweep's storage is a local path, so a
@@ -241,6 +241,13 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
         restore_dir = Path(checkpoint.to_directory(str(out_dir.parent / "_restore")))
     if Path(launch_dir).is_dir():  # relative paths in the spec mean the folder the sweep started in
         os.chdir(launch_dir)
+    if measurements:  # `store: auto` of a live quality: one store for every trial, on any node
+        from splitlab.llm.measurement_store import ENV_VAR
+
+        os.environ[ENV_VAR] = measurements  # this process and the evaluator actors it starts
+        quality = spec.get("quality")
+        if isinstance(quality, dict) and quality.get("kind") == "live" and quality.get("store", "auto") == "auto":
+            quality["store"] = measurements  # env runners (other processes) build the live model from the spec
     ctx = TrialContext(out_dir=out_dir, report=_reporter(metric), trial_name=trial_name, restore_dir=restore_dir)
     final = dict(resolve_trial_fn(trial_fn)(spec, ctx) or {})
     stage = _stage_artifacts(out_dir, spec)
@@ -264,6 +271,8 @@ class SweepOutcome:
     experiment: str
     trials: list[dict] = field(default_factory=list)
     """Per trial: trial_id, status, config (swept values), metrics (last reported)."""
+    parent_run_id: str | None = None
+    """The sweep's MLflow parent run (its trials are children; ``report`` logs its tables there)."""
 
     @property
     def errored(self) -> list[dict]:
@@ -276,6 +285,15 @@ def experiment_path(sweep: SweepSpec, storage_path: str | None = None) -> str:
     if "://" not in root:
         root = str(Path(root).resolve())
     return f"{root.rstrip('/')}/{sweep.name}"
+
+
+def measurements_root(experiment_dir: str) -> str:
+    """The measurement store the trials of a sweep share (``store: auto``): ``$SPLITLAB_MEASUREMENTS`` when the
+    driver has it, else ``measurements`` next to the sweep's folder under its ``storage_path`` (local, NFS
+    or s3), so sweeps with one storage reuse each other's measurements."""
+    from splitlab.llm.measurement_store import ENV_VAR
+
+    return os.environ.get(ENV_VAR) or f"{experiment_dir.rpartition('/')[0]}/measurements"
 
 
 def _read_state(path: str) -> dict | None:
@@ -311,6 +329,9 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
     from ray import tune
 
     from splitlab.platform.ray_runtime import ensure_ray
+    from mlflow.tracking import MlflowClient
+
+    from splitlab.platform.tracking import TAG_SWEEP_PARENT, parent_run
     from splitlab.platform.tracking import tracking_uri as resolve_uri
 
     sweep = plan.sweep
@@ -333,29 +354,38 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
     launch_dir = os.getcwd()
     runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
     ensure_ray(num_cpus, address=address, runtime_env=runtime_env, log_to_driver=True, quiet=False)
-    ensure_experiment(uri, sweep.experiment)
+    experiment_id = ensure_experiment(uri, sweep.experiment)
+    parent = parent_run(uri, experiment_id, "sweep", {TAG_SWEEP_PARENT: sweep_id}, sweep.name,
+                        {"source": plan.source, "sweep": sweep.to_dict()})
 
     trainable = tune.with_parameters(_trainable, base=plan.base, trial_fn=trial_fn, launch_dir=launch_dir,
-                                     experiment_dir=path, metric=sweep.metric if needs_metric(sweep) else None)
+                                     experiment_dir=path, metric=sweep.metric if needs_metric(sweep) else None,
+                                     measurements=measurements_root(path))
     trainable = tune.with_resources(trainable, _trial_resources(plan.base, sweep.cpus_per_trial, trial_fn == TRIAL_FN))
     from splitlab.platform.sweep_callback import SweepMLflowCallback
 
-    callback = SweepMLflowCallback(uri, sweep.name, sweep_id, sweep.experiment)
+    callback = SweepMLflowCallback(uri, sweep.name, sweep_id, sweep.experiment, parent)
     if state is not None and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:  # new, or the first run died before Tune's first snapshot: start over under the same sweep id
         tuner = _new_tuner(plan, trainable, callback, path, verbose)
         _write_state(path, {"sweep_id": sweep_id, "name": sweep.name, "source": plan.source, "tracking_uri": uri,
                             "experiment": sweep.experiment, "sweep": sweep.to_dict(), "base": plan.base})
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:
+        MlflowClient(tracking_uri=uri).set_terminated(parent, status="KILLED")
+        raise
     trials = []
     for result in results:
         metrics = {k: v for k, v in (result.metrics or {}).items() if k != "config"}
         trials.append({"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else "TERMINATED",
                        "config": result.config, "metrics": metrics,
                        "error": str(result.error).splitlines()[0] if result.error else None})
+    MlflowClient(tracking_uri=uri).set_terminated(parent, status="FAILED" if any(
+        t["status"] == "ERROR" for t in trials) else "FINISHED")
     return SweepOutcome(name=sweep.name, sweep_id=sweep_id, path=path, tracking_uri=uri,
-                        experiment=sweep.experiment, trials=trials)
+                        experiment=sweep.experiment, trials=trials, parent_run_id=parent)
 
 
 def _new_tuner(plan: SweepPlan, trainable, callback, path: str, verbose: int):

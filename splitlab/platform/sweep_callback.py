@@ -13,7 +13,15 @@ from typing import Any
 from ray.tune.logger import LoggerCallback
 
 from splitlab.dotted import flatten
-from splitlab.platform.tracking import TAG_KIND, TAG_SWEEP, TAG_SWEEP_ID, TAG_TRIAL_ID, ensure_experiment
+from splitlab.platform.tracking import (
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_SWEEP,
+    TAG_SWEEP_ID,
+    TAG_TRIAL_ID,
+    ensure_experiment,
+    provenance_tags,
+)
 
 
 class SweepMLflowCallback(LoggerCallback):
@@ -25,8 +33,11 @@ class SweepMLflowCallback(LoggerCallback):
     (its output folder) as the run's artifacts.
     """
 
-    def __init__(self, tracking_uri: str, sweep_name: str, sweep_id: str, experiment_name: str):
+    def __init__(self, tracking_uri: str, sweep_name: str, sweep_id: str, experiment_name: str,
+                 parent_run_id: str | None = None):
         self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        """The sweep's parent run: every trial run is its child (``mlflow.parentRunId``)."""
         self.sweep_name = sweep_name
         self.sweep_id = sweep_id
         self.experiment_name = experiment_name
@@ -65,8 +76,10 @@ class SweepMLflowCallback(LoggerCallback):
         else:
             values = flatten(trial.config, sep="/")
             label = ",".join(f"{k.rsplit('/', 1)[-1]}={_short(v)}" for k, v in values.items())
-            tags = {TAG_SWEEP: self.sweep_name, TAG_SWEEP_ID: self.sweep_id, TAG_TRIAL_ID: trial.trial_id,
-                    "trial_name": str(trial), TAG_KIND: "sweep-trial"}
+            tags = {**provenance_tags(), TAG_SWEEP: self.sweep_name, TAG_SWEEP_ID: self.sweep_id,
+                    TAG_TRIAL_ID: trial.trial_id, "trial_name": str(trial), TAG_KIND: "sweep-trial"}
+            if self.parent_run_id:
+                tags[TAG_PARENT] = self.parent_run_id
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{self.sweep_name}:{label}"[:250])
             run_id = run.info.run_id
             if values:

@@ -41,6 +41,46 @@ TAG_SWEEP_ID = "splitlab.sweep_id"
 """One id per sweep, shared by its trials (a sweep name reused later gets a new id)."""
 TAG_TRIAL_ID = "splitlab.trial_id"
 """Tune's trial id: a resumed sweep finds the run a trial already has by it."""
+TAG_SWEEP_PARENT = "splitlab.sweep_parent"
+"""The sweep id on a sweep's parent run (not :data:`TAG_SWEEP_ID`, which marks its trials)."""
+TAG_PARENT = "mlflow.parentRunId"
+"""MLflow's own tag that nests a run under another in the UI (a sweep's trials, a demo's stages)."""
+TRACKED_PACKAGES = ("torch", "ray", "transformers", "mlflow")
+"""Packages whose versions every run records (``versions.<name>`` tags)."""
+
+
+def provenance_tags() -> dict[str, str]:
+    """Tags that make a run reproducible: ``git.commit``, ``git.dirty`` (``true``/``false``; ``unknown``
+    outside a git checkout) and ``versions.<package>`` for :data:`TRACKED_PACKAGES`.
+
+    Computed once per process (a sweep tags every trial with the driver's checkout)."""
+    global _PROVENANCE
+    if _PROVENANCE is None:
+        import subprocess
+        from importlib import metadata
+
+        repo = Path(__file__).resolve().parents[2]
+        tags = {"git.commit": "unknown", "git.dirty": "unknown"}
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10)
+            if commit.returncode == 0:
+                status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                        capture_output=True, text=True, timeout=10)
+                tags = {"git.commit": commit.stdout.strip(),
+                        "git.dirty": "true" if status.stdout.strip() else "false"}
+        except (OSError, subprocess.SubprocessError):
+            pass  # no git on this node: the tags say unknown
+        for name in TRACKED_PACKAGES:
+            try:
+                tags[f"versions.{name}"] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                tags[f"versions.{name}"] = "missing"
+        _PROVENANCE = tags
+    return dict(_PROVENANCE)
+
+
+_PROVENANCE: dict[str, str] | None = None
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -56,6 +96,27 @@ def ensure_experiment(uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     return client.create_experiment(name)
+
+
+def parent_run(uri: str, experiment_id: str, kind: str, key: Mapping[str, str], name: str,
+               params: Mapping[str, Any] | None = None) -> str:
+    """The id of the parent run of a sweep or demo (``splitlab.kind`` = ``kind``) whose tags include ``key``:
+    found again (and set RUNNING) when resumed, else created with :func:`provenance_tags` and ``params``.
+    Children carry ``mlflow.parentRunId`` = this id (:data:`TAG_PARENT`)."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    where = " and ".join([f"tags.`{TAG_KIND}` = '{kind}'"] + [f"tags.`{k}` = '{v}'" for k, v in key.items()])
+    found = client.search_runs([experiment_id], filter_string=where, max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=name, tags={**provenance_tags(), TAG_KIND: kind, **key})
+    if params:
+        flat = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(params).items()}
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+    return run.info.run_id
 
 
 class RunTracker:
@@ -78,10 +139,11 @@ class RunTracker:
         if run_id and not _has_run(run_id):
             run_id = None  # the run logged to another store before (tracking is not part of the spec's hash)
         if run_id:
-            mlflow.start_run(run_id=run_id)
+            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
         else:
-            run_id = mlflow.start_run(run_name=name).info.run_id
-            mlflow.set_tags(dict(tags))
+            # nested under an open run of this process (a demo's parent run): a stage of it
+            run_id = mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None).info.run_id
+            mlflow.set_tags({**provenance_tags(), **dict(tags)})
             flat = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(params).items()}
             mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         self.run_id = run_id

@@ -228,12 +228,18 @@ class TrainingRun:
         last = self.history[-1] if self.history else {}
         self.tracker.log_metrics({k: v for k, v in final.items() if last.get(k) != v}, spec.algorithm.iterations)
         self.tracker.log_files([run_dir / n for n in ("spec.yaml", "history.csv", "surrogate.npz", "grid.json",
-                                                      "policy.json")]
+                                                      "policy.json", "policy_net.json", "policy.safetensors",
+                                                      "policy.npz")]
                                + [files[role] for role in ("k_plot", "learning_curve", "results")],
                                {"policy": files["policy"]})
+        if self.tracker.enabled and spec.tracking.log_model and spec.env_kind == "split" \
+                and spec.env.preset == "wireless":
+            from splitlab.platform.policy_model import log_policy_model
+
+            files["policy_model"] = log_policy_model(run_dir, spec.tracking.register_policy)
         self._say(f"policy return {metrics['policy/return']:.3f} ({metrics['policy/return_vs_oracle']:.3f} of the "
                   f"way from random to oracle {oracle:.3f}); real evaluations {final.get('mbrl/real_evals', 0):.0f}")
-        return TrainResult(run_dir, final, policies, self.history, None, files)
+        return TrainResult(run_dir, final, policies, self.history, self.tracker.run_id, files)
 
     def _teardown(self, started_ray: bool) -> None:
         import ray

@@ -117,7 +117,9 @@ ACTIVATIONS = {"Tanh": "tanh", "ReLU": "relu", "SiLU": "silu", "Sigmoid": "sigmo
 
 def policy_run_dir(path: str | Path) -> Path:
     """The ``splitlab train`` run folder of a ``policy_checkpoint`` (the run folder or its ``policy/``)."""
-    path = Path(path).expanduser()
+    from splitlab.serve.policy_source import resolve_policy_source
+
+    path = Path(resolve_policy_source(str(path))).expanduser()  # runs:/, models:/, s3://... downloaded once
     for folder in (path, path.parent):
         if (folder / POLICY_FILE).exists() and ((folder / "policy").is_dir() or _weights_file(folder)):
             return folder
