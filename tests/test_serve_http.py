@@ -182,8 +182,14 @@ def _ingress_rss() -> int:
     """Resident memory of the ingress replica's process (a worker of this test's own Ray), in bytes."""
     import psutil
 
+    def cmdline(proc: psutil.Process) -> str:
+        try:
+            return " ".join(proc.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a finished worker not yet reaped
+            return ""
+
     procs = [p for p in psutil.Process().children(recursive=True)
-             if f"ServeReplica:{APP_NAME}:SplitIngress" in " ".join(p.cmdline())]
+             if f"ServeReplica:{APP_NAME}:SplitIngress" in cmdline(p)]
     assert len(procs) == 1, procs
     return procs[0].memory_info().rss
 

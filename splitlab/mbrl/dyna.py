@@ -270,7 +270,7 @@ class DynaLoop:
 def _drain(runner: Any) -> list[tuple[int, float]]:
     from splitlab.mbrl.rllib_env import drain_visits
 
-    return drain_visits()
+    return drain_visits(runner)
 
 
 def broadcast(algorithm: Any, surrogate: SurrogateEnsemble) -> list[list[str]]:
@@ -280,6 +280,6 @@ def broadcast(algorithm: Any, surrogate: SurrogateEnsemble) -> list[list[str]]:
     def apply(runner: Any) -> list[str]:
         from splitlab.mbrl.rllib_env import set_surrogate_state
 
-        return set_surrogate_state(state)
+        return set_surrogate_state(runner, state)
 
     return algorithm.env_runner_group.foreach_env_runner(apply, local_env_runner=True)

@@ -102,24 +102,26 @@ def _creator(kind: str):
 
 
 # -- functions run inside env runners (via EnvRunnerGroup.foreach_env_runner) -----------------------
-def surrogates() -> list[SurrogateEnsemble]:
-    """This process's shared surrogates."""
-    return [m for m in _SHARED.values() if isinstance(m, SurrogateEnsemble)]
+def surrogates(runner: Any) -> list[SurrogateEnsemble]:
+    """The surrogates an env runner's envs score with (once each; its envs share one per process), not
+    those of other runs that live in the same process (a driver that trained before)."""
+    found = {id(m): m for m in env_reward_models(runner) if isinstance(m, SurrogateEnsemble)}
+    return list(found.values())
 
 
-def set_surrogate_state(state: Mapping[str, Any]) -> list[str]:
-    """Load weights into every shared surrogate of this process; returns their fingerprints."""
+def set_surrogate_state(runner: Any, state: Mapping[str, Any]) -> list[str]:
+    """Load weights into the surrogates of ``runner``'s envs; returns their fingerprints."""
     out = []
-    for model in surrogates():
+    for model in surrogates(runner):
         model.set_state(state)
         out.append(model.fingerprint())
     return out
 
 
-def drain_visits(limit: int | None = None) -> list[tuple[int, float]]:
-    """The (k, value) pairs this process's surrogates scored since the last drain (newest ``limit``)."""
+def drain_visits(runner: Any, limit: int | None = None) -> list[tuple[int, float]]:
+    """The (k, value) pairs ``runner``'s surrogates scored since the last drain (newest ``limit``)."""
     visits: list[tuple[int, float]] = []
-    for model in surrogates():
+    for model in surrogates(runner):
         visits.extend(model.visited(clear=True))
     return visits[-limit:] if limit else visits
 

@@ -209,7 +209,10 @@ class TrainingRun:
         module = policy_module(self.algo, spec.env_kind)
         module.save_to_path(str(policy_dir.resolve()))
         write_policy_info(spec, self.evaluation.env, run_dir / "policy.json")
-        files["policy_weights"] = str(export_policy(module, run_dir))  # what `splitlab serve` loads, no pickle
+        try:
+            files["policy_weights"] = str(export_policy(module, run_dir))  # what `splitlab serve` loads, no pickle
+        except ValueError as err:  # a module the export does not know (RLlib's DQN module today)
+            self._say(f"no pickle-free policy export ({err}); serving this run needs trust_checkpoint")
         files["policy"] = str(policy_dir)
         files.update(self.mode.write_outputs())
         surrogate = self.mode.surrogate
