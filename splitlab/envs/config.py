@@ -32,8 +32,6 @@ PRIVACY_MODES = ("constraint", "penalty")
 """Accepted values of ``privacy_mode``."""
 PAPER_ACTIONS = ("relative", "absolute")
 """Accepted values of ``paper_actions``."""
-DYNAMICS_KINDS: dict[str, type] = {"gauss_markov": GaussMarkovSNR, "path_loss": PathLossMobility}
-"""``dynamics.kind`` -> the channel-dynamics model whose fields the rest of the mapping sets."""
 EPISODE_LEN = {"paper": 5, "wireless": 50}
 """Default episode length per preset (the paper's episodes have 5 steps)."""
 
