@@ -82,6 +82,11 @@ def stop_local(grace_s: float = SHUTDOWN_GRACE_S) -> None:
     stopper = threading.Thread(target=serve.shutdown, daemon=True)
     stopper.start()
     stopper.join(grace_s)
+    if stopper.is_alive():
+        # Never shut Ray down under a thread still inside a Ray call: that crashed the process
+        # (SIGSEGV). Killing the controller makes serve.shutdown's pending call fail at once.
+        _kill_serve_controller()
+        stopper.join(grace_s)
     ray.shutdown()
     alive = [p for p in ours if p.is_running()]
     for proc in alive:
@@ -89,6 +94,16 @@ def stop_local(grace_s: float = SHUTDOWN_GRACE_S) -> None:
     _, alive = psutil.wait_procs(alive, timeout=3.0)
     for proc in alive:
         proc.kill()
+
+
+def _kill_serve_controller() -> None:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.kill(ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE), no_restart=True)
+    except (ValueError, ray.exceptions.RayError):
+        pass  # already gone
 
 
 def serve_forever(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
