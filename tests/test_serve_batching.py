@@ -6,6 +6,7 @@ different lengths join and leave between steps.
 from __future__ import annotations
 
 import asyncio
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,6 +17,7 @@ from splitlab.llm.batching import head_step, tail_step
 from splitlab.llm.generation import EdgeSession, UESession, generate
 from splitlab.serve.batching import StepBatcher
 from splitlab.serve.edge import EdgeMessage, EdgeStore
+from splitlab.serve.edge_client import BatchedEdge
 from splitlab.serve.profiles import resolve_link
 from splitlab.serve.ue import UERequest, split_generate
 
@@ -93,3 +95,100 @@ def test_a_one_token_prompt_in_a_batch_of_decode_steps_runs_as_a_prompt(tiny_lla
     separate = [alone.step("old", EdgeMessage(k, 2, hidden[:, 2:])), alone.step("new", EdgeMessage(k, 0, one))]
     assert [r["token"] for r in together] == [r["token"] for r in separate]
     assert batched.sessions["new"].session.seen == 1 and batched.sessions["old"].session.seen == 3
+
+
+class InProcessEdge:
+    """Edge replicas in this process, reached through ``send(route, items)`` as ``UEHalf`` reaches
+    ``EdgeHalf.step_batch`` (a request id routes by rendezvous hashing, a replica route names one)."""
+
+    def __init__(self, model: SplitModel, replicas: int = 1):
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.stores = {f"replica{j}": EdgeStore(model) for j in range(replicas)}
+        self.batchers = {name: StepBatcher(store.step_many, self.pool, wait_s=0.05)
+                         for name, store in self.stores.items()}
+        self.calls: list[tuple[str, int]] = []  # (replica, steps carried) per call
+
+    async def send(self, route: str, items: list[tuple[str, EdgeMessage]]) -> list:
+        from splitlab.serve.routing import REPLICA_ROUTE, owner_order
+
+        name = route[len(REPLICA_ROUTE):] if route.startswith(REPLICA_ROUTE) else owner_order(route, list(self.stores))[0]
+        self.calls.append((name, len(items)))
+        replies = await self.batchers[name].submit_many([(rid, (rid, msg)) for rid, msg in items])
+        return [{**r, "replica": name} if isinstance(r, dict) else r for r in replies]
+
+
+def _batched_run(model: SplitModel, requests: list[UERequest], edge: InProcessEdge) -> tuple[list, BatchedEdge]:
+    """Run ``requests`` concurrently as a UE replica does: head steps and edge calls batched per step."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    head = StepBatcher(lambda items: head_step(model, [s for s, _ in items], [t for _, t in items]), pool, wait_s=0.05)
+    link = BatchedEdge(edge.send, wait_s=0.05)
+
+    async def one(req: UERequest):
+        try:
+            events = [e async for e in split_generate(
+                model, req, resolve_link("clean", None, "clean"), link.step, eos_ids=set(),
+                ue_step=lambda session, token: head.submit(id(session), (session, token)))]
+            return [e["token_id"] for e in events[:-1]]
+        except Exception as err:  # noqa: BLE001 - the test checks which request failed and why
+            return err
+        finally:
+            link.end(req.request_id)
+
+    async def run_all():
+        return await asyncio.gather(*(one(r) for r in requests))
+
+    out = asyncio.run(run_all())
+    pool.shutdown()
+    return out, link
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_ue_sends_one_edge_call_per_batch_step_and_matches_unbatched_output(tiny_llama: SplitModel, replicas):
+    model, k, n = tiny_llama, 2, 8
+    requests = [UERequest(f"r{i}", model.tokenizer(p).input_ids, k=k, max_tokens=n) for i, p in enumerate(PROMPTS)]
+    edge = InProcessEdge(model, replicas)
+    batched, link = _batched_run(model, requests, edge)
+    assert batched == [_greedy(model, p, k, n) for p in PROMPTS]
+    used = set(link.pins.values()) | {name for name, _ in edge.calls}
+    # One call per prompt (routed by request id), then one call per decode step and replica in use.
+    prompts, steps = edge.calls[:len(PROMPTS)], edge.calls[len(PROMPTS):]
+    assert all(size == 1 for _, size in prompts)
+    assert len(steps) == (n - 1) * len(used) and sum(size for _, size in steps) == (n - 1) * len(PROMPTS)
+    assert link.calls == len(edge.calls) and not link.pins  # every request ended and was forgotten
+    if replicas == 2:
+        assert len(used) == 2  # rendezvous hashing spread the five requests over both replicas
+
+
+def test_a_failing_request_does_not_fail_its_batch_mates(tiny_llama: SplitModel):
+    model = tiny_llama
+    # An edge loaded for k >= 2 cannot serve a request at k = 1: that request fails, the others decode.
+    edge_half = SplitModel.load("tiny-llama", part="edge", k=2)
+    edge = InProcessEdge(edge_half)
+    requests = [UERequest(f"r{i}", model.tokenizer(p).input_ids, k=1 if i == 2 else 2, max_tokens=6)
+                for i, p in enumerate(PROMPTS)]
+    out, _ = _batched_run(model, requests, edge)
+    assert isinstance(out[2], ValueError) and "k >= 2" in str(out[2])
+    assert [o for i, o in enumerate(out) if i != 2] == [_greedy(model, p, 2, 6) for i, p in enumerate(PROMPTS) if i != 2]
+    assert "r2" not in edge.stores["replica0"].sessions  # its half-built cache was dropped
+
+    # Inside one batched decode step: a malformed step is refused by name, one that fails in the batched
+    # compute is found by stepping the group one by one; the batch-mates get their right tokens either way.
+    store, alone = EdgeStore(model), EdgeStore(model)
+    prompts = [model.head(torch.tensor([model.tokenizer(p).input_ids]), 2).hidden for p in PROMPTS[:3]]  # [1, T, H]
+    for s in (store, alone):
+        for i, hidden in enumerate(prompts):
+            s.step(f"r{i}", EdgeMessage(2, 0, hidden))
+    nxt = [model.head(torch.tensor([[7 + i]]), 2, position_ids=torch.tensor([[h.shape[1]]])).hidden
+           for i, h in enumerate(prompts)]  # [1, 1, H] each
+    expected = [alone.step(f"r{i}", EdgeMessage(2, h.shape[1], x))["token"] for i, (h, x) in enumerate(zip(prompts, nxt))]
+    bad_shape = EdgeMessage(2, prompts[1].shape[1], nxt[1][..., :-1])
+    bad_dtype = EdgeMessage(2, prompts[1].shape[1], nxt[1].double())  # fails only inside the model
+    for bad, kind in ((bad_shape, "must be \\[1, T >= 1"), (bad_dtype, "")):
+        replies = store.step_many([(f"r{i}", bad if i == 1 else EdgeMessage(2, h.shape[1], x))
+                                   for i, (h, x) in enumerate(zip(prompts, nxt))])
+        assert isinstance(replies[1], Exception)
+        assert kind == "" or re.search(kind, str(replies[1]))
+        assert [replies[0]["token"], replies[2]["token"]] == [expected[0], expected[2]]
+        for i in (0, 2):  # put the good ones back one step (drop and rebuild) for the next case
+            store.release(f"r{i}")
+            store.step(f"r{i}", EdgeMessage(2, 0, prompts[i]))

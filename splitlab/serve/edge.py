@@ -6,15 +6,18 @@ replica, an evicted or expired cache) answers ``{"resend_from": n}`` with the to
 and the UE resends its history from n, which the edge consumes in one tail prefill. Sampling uses a
 generator seeded by (request seed, position), so a rebuilt request samples as the original would.
 
-Concurrent requests decode as one batch per step: every ``step`` call goes through a
-:class:`~splitlab.serve.batching.StepBatcher`, and :meth:`EdgeStore.step_many` runs the single-vector
-steps at the same k as one batch over the requests' own caches (:mod:`splitlab.llm.batching`);
-prompts and resends run one by one. With ``logprobs`` a reply also carries the sampled token's
+Concurrent requests decode as one batch per step: a UE sends the steps of all its requests on one
+replica as one ``step_batch`` call (:mod:`splitlab.serve.edge_client`); the calls' steps go through a
+:class:`~splitlab.serve.batching.StepBatcher` (steps of several UE replicas join one batch), and
+:meth:`EdgeStore.step_many` runs the single-vector steps at the same k as one batch over the requests'
+own caches (:mod:`splitlab.llm.batching`); prompts and resends run one by one. A step that fails
+fails alone: its reply is the exception. With ``logprobs`` a reply also carries the sampled token's
 log-probability and the top alternatives; with ``score_ids`` (echo scoring) those of the prompt's tokens.
 
-Requests reach the replica holding their cache by request id: the UE calls
-``edge.options(multiplexed_model_id=request_id).step.remote(...)`` and the edge deployment's
-:class:`~splitlab.serve.routing.RequestIdRouter` sends every call with that id to the same replica.
+Requests reach the replica holding their cache: a request's first call is routed by its request id
+(``edge.options(multiplexed_model_id=request_id)``, rendezvous hashing in the edge deployment's
+:class:`~splitlab.serve.routing.RequestIdRouter`); every reply names the replica that answered, and the
+UE pins the request's later steps to it.
 """
 from __future__ import annotations
 
@@ -115,6 +118,11 @@ class EdgeStore:
                 if request_id in taken:  # two steps of one request in one batch: a stale retry; let it retry
                     replies[i] = {"resend_from": 0}
                     continue
+                try:
+                    self._check(msg)
+                except ValueError as err:
+                    replies[i] = err
+                    continue
                 entry, reply = self._admit(request_id, msg)
                 if reply is not None:
                     replies[i] = reply
@@ -125,19 +133,17 @@ class EdgeStore:
                 else:
                     singles.append((i, entry, msg))
             for i, entry, msg in singles:
-                try:
-                    replies[i] = self._single(entry, msg)
-                except Exception as err:  # noqa: BLE001 - one bad step must not fail the batch
-                    replies[i] = err
+                replies[i] = self._single_or_error(items[i][0], entry, msg)
             for group in ready.values():
                 try:
                     hidden = torch.cat([msg.hidden for _, _, msg in group])  # [B, 1, H]
                     logits = tail_step(self.model, [entry.session for _, entry, _ in group], hidden)  # [B, V]
                     for row, (i, _, msg) in enumerate(group):
                         replies[i] = self._sample(logits[row], msg, msg.start + 1)
-                except Exception as err:  # noqa: BLE001
-                    for i, _, _ in group:
-                        replies[i] = err
+                except Exception:  # noqa: BLE001 - find the step at fault: one at a time, each fails alone
+                    # The batched step ran on a stacked copy of the caches, so they are as before it.
+                    for i, entry, msg in group:
+                        replies[i] = self._single_or_error(items[i][0], entry, msg)
             compute_s = time.perf_counter() - t0
             for reply in replies:
                 if isinstance(reply, dict) and "token" in reply:
@@ -163,6 +169,24 @@ class EdgeStore:
         self.sessions.move_to_end(request_id)
         entry.last_used = time.monotonic()
         return entry, None
+
+    def _check(self, msg: EdgeMessage) -> None:
+        """Refuse a malformed message before it joins a batch (where it would fail its batch-mates)."""
+        hidden = msg.hidden
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[0] != 1 \
+                or hidden.shape[1] < 1 or hidden.shape[2] != self.model.hidden_size:
+            shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+            raise ValueError(f"an edge step's hidden must be [1, T >= 1, {self.model.hidden_size}], got {shape}")
+        if not 0 <= msg.k <= self.model.num_layers:
+            raise ValueError(f"an edge step's k must be in 0..{self.model.num_layers}, got {msg.k}")
+
+    def _single_or_error(self, request_id: str, entry: _Entry, msg: EdgeMessage) -> dict[str, Any] | Exception:
+        """One request's step alone; a failure is returned, and the cache it may have left half-updated dropped."""
+        try:
+            return self._single(entry, msg)
+        except Exception as err:  # noqa: BLE001 - one bad step must not fail the batch
+            self._drop(request_id)
+            return err
 
     def _single(self, entry: _Entry, msg: EdgeMessage) -> dict[str, Any]:
         length = msg.hidden.shape[1]
@@ -258,18 +282,24 @@ class EdgeHalf:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge")
         self.batcher = StepBatcher(self.store.step_many, self.pool, self.config.max_batch, self.config.batch_wait_s)
         self.metrics = edge_metrics()
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
 
-    async def step(self, msg: EdgeMessage) -> dict[str, Any]:
-        request_id = serve.get_multiplexed_model_id()
-        if not request_id:
-            raise ValueError("edge steps need the request id as multiplexed_model_id")
-        reply = await self.batcher.submit(request_id, (request_id, msg))
-        if "resend_from" in reply:
-            self.metrics["rebuilds"].inc()
-        else:
-            self.metrics["batch"].observe(reply.get("batch", 1))
+    async def step_batch(self, items: list[tuple[str, EdgeMessage]]) -> list[dict[str, Any] | Exception]:
+        """The steps ``(request_id, msg)`` of several requests; one reply each (see :meth:`EdgeStore.step`),
+        with ``"replica"``: this replica's id, or the exception that step raised (the others go on)."""
+        if not isinstance(items, list) or not all(isinstance(i, tuple) and len(i) == 2 for i in items):
+            raise TypeError(f"step_batch takes a list of (request_id, EdgeMessage) pairs, got {type(items).__name__}")
+        replies = await self.batcher.submit_many([(request_id, (request_id, msg)) for request_id, msg in items])
+        for reply in replies:
+            if not isinstance(reply, dict):
+                continue
+            reply["replica"] = self.replica_id
+            if "resend_from" in reply:
+                self.metrics["rebuilds"].inc()
+            else:
+                self.metrics["batch"].observe(reply.get("batch", 1))
         self.metrics["sessions"].set(len(self.store.sessions))
-        return reply
+        return replies
 
     async def step_activation(self, msg: EdgeMessage, top_logprobs: int = 0, full_logprobs: bool = False) -> dict:
         """The device path's step: see :func:`splitlab.serve.activation_step.activation_step`."""
@@ -297,7 +327,7 @@ class EdgeHalf:
                 "batches": self.batcher.batches, "mean_batch": self.batcher.mean_batch,
                 "pending_steps": len(self.batcher.pending),
                 "min_split": self.config.min_split, "num_layers": self.model.num_layers,
-                "replica": serve.get_replica_context().replica_id.unique_id}
+                "replica": self.replica_id}
 
     def check_health(self) -> None:
         """Serve calls this every ``health_check_period_s``: it doubles as the TTL sweeper of idle caches."""

@@ -7,6 +7,11 @@ and each switch costs a cache rebuild. :class:`RequestIdRouter` instead ranks re
 (highest-random-weight) hashing of (request id, replica id): the choice is immediate, the same in every
 router, and a change of the replica set (a crash, autoscaling) moves only the requests of the replicas
 that came or went, which then rebuild their cache once from the UE's history.
+
+A UE sends the decode steps of all its requests whose caches sit on one replica as one call
+(:mod:`splitlab.serve.edge_client`); such a call carries that replica's id, prefixed with
+:data:`REPLICA_ROUTE`, instead of a request id, and goes to that replica while it exists (else to any
+replica, where the requests rebuild their caches).
 """
 from __future__ import annotations
 
@@ -16,6 +21,13 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 
 ROUTER_PATH = "splitlab.serve.routing.RequestIdRouter"
 """Import path for ``request_router_config.request_router_class`` (code and Serve config files)."""
+REPLICA_ROUTE = "replica:"
+"""Prefix of a routing key that names a replica rather than a request (request ids are hex uuids)."""
+
+
+def replica_route(replica_id: str) -> str:
+    """The routing key of calls meant for the replica ``replica_id`` (Serve's ``ReplicaID.unique_id``)."""
+    return REPLICA_ROUTE + replica_id
 
 
 def affinity(request_id: str, replica_id: str) -> int:
@@ -45,5 +57,8 @@ class RequestIdRouter(RequestRouter):
             return [candidate_replicas]
         pending_request.routing_context.should_backoff = True  # a busy owner is retried, not skipped
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        if key.startswith(REPLICA_ROUTE):
+            named = by_id.get(key[len(REPLICA_ROUTE):])
+            return [[named]] if named is not None else [candidate_replicas]  # gone: anyone, caches rebuilt
         # Owner first; the others only if the owner refuses (full queue), at the price of a rebuild.
         return [[by_id[rid]] for rid in owner_order(key, list(by_id))]

@@ -31,12 +31,9 @@ from splitlab.llm.split_model import SplitModel
 from splitlab.serve.batching import StepBatcher
 from splitlab.serve.config import ServeConfig, model_facts
 from splitlab.serve.edge import EdgeMessage
+from splitlab.serve.edge_client import BatchedEdge, EdgeUnavailable
 from splitlab.serve.profiles import TOKEN_ID_BITS, LinkChoice, request_rng, resolve_link
 from splitlab.serve.text import TextAssembler
-
-
-class EdgeUnavailable(RuntimeError):
-    """The edge could not be reached (replica died, restarting, overloaded); the step may be retried."""
 
 
 @dataclass
@@ -220,7 +217,9 @@ class UEHalf:
     """Serve deployment of the UE half; ``generate`` streams one request's tokens.
 
     The head's decode steps of concurrent requests run as one batch per step (a
-    :class:`~splitlab.serve.batching.StepBatcher` over :func:`~splitlab.llm.batching.head_step`).
+    :class:`~splitlab.serve.batching.StepBatcher` over :func:`~splitlab.llm.batching.head_step`), and
+    their transmissions go to the edge as one call per step and edge replica
+    (:class:`~splitlab.serve.edge_client.BatchedEdge`).
     """
 
     def __init__(self, config: dict, edge):
@@ -232,6 +231,7 @@ class UEHalf:
         self.edge = edge
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ue")
         self.batcher = StepBatcher(self._head_batch, self.pool, self.config.max_batch, self.config.batch_wait_s)
+        self.link = BatchedEdge(self._send, self.config.max_batch, self.config.batch_wait_s)
         self.active: set[str] = set()
 
     async def _run(self, fn, *args):
@@ -255,9 +255,10 @@ class UEHalf:
     async def _head_step(self, session: UESession, token: int):
         return await self.batcher.submit(id(session), (session, token))
 
-    async def _edge_step(self, request_id: str, msg: EdgeMessage) -> dict:
+    async def _send(self, route: str, items: list[tuple[str, EdgeMessage]]) -> list:
+        """One call to the edge replica that ``route`` names (see :mod:`splitlab.serve.edge_client`)."""
         try:
-            return await self.edge.options(multiplexed_model_id=request_id).step.remote(msg)
+            return await self.edge.options(multiplexed_model_id=route).step_batch.remote(items)
         except (rex.RayActorError, rex.ActorUnavailableError, BackPressureError, DeploymentUnavailableError) as err:
             raise EdgeUnavailable(str(err)) from err
 
@@ -269,7 +270,7 @@ class UEHalf:
         self.active.add(req.request_id)
         text, tokens = [], []
         try:
-            async for event in split_generate(self.model, req, link, self._edge_step, run=self._run,
+            async for event in split_generate(self.model, req, link, self.link.step, run=self._run,
                                               eos_ids=self.eos_ids, wait_link=self.config.wait_link,
                                               retry_s=self.config.edge_retry_s, ue_step=self._head_step):
                 if req.stream:
@@ -286,18 +287,20 @@ class UEHalf:
             self._release(req.request_id)
 
     def _release(self, request_id: str) -> None:
-        """Ask the edge to free a request's cache, detached from the request being handled.
+        """Ask the edge replica holding a request's cache to free it, detached from the request being handled.
 
         When a request is cancelled, Serve also cancels the calls it made that are still being routed;
         a release made in the request's own context would race that and sometimes lose. A fresh context
         gives the call its own request id.
         """
-        release = self.edge.options(multiplexed_model_id=request_id).release.remote
+        release = self.edge.options(multiplexed_model_id=self.link.end(request_id)).release.remote
         contextvars.Context().run(release, request_id)
 
     async def stats(self) -> dict[str, Any]:
         return {"active": len(self.active), "max_split": self.model.part_k, "num_layers": self.model.num_layers,
-                "batches": self.batcher.batches, "mean_batch": self.batcher.mean_batch}
+                "batches": self.batcher.batches, "mean_batch": self.batcher.mean_batch,
+                "edge_calls": self.link.calls, "edge_steps": self.link.steps,
+                "edge_steps_per_call": self.link.steps_per_call}
 
     def __del__(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
