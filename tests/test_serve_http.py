@@ -289,6 +289,7 @@ def test_64_concurrent_streams_are_all_correct_and_decode_in_batches(service, ti
         assert last == "[DONE]" and text == expected[job], job
     stats = serve.get_deployment_handle("UEHalf", APP_NAME).stats.remote().result()
     assert stats["mean_batch"] > 1.0  # concurrent steps really shared batches
+    assert stats["edge_steps_per_call"] > 1.0  # and shared UE -> edge calls (one per step and edge replica)
 
 
 def test_logprobs_through_the_openai_client_equal_in_process_scores(service, tiny_full):

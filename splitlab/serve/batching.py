@@ -17,6 +17,7 @@ and it has no way to fail one item of a batch alone.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -73,7 +74,9 @@ class StepBatcher:
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
             self.arrived = asyncio.Event()
-            self.task = loop.create_task(self._loop())
+            # A context of its own: the loop outlives the request whose step started it, and calls it
+            # makes (the UE's edge calls) must not pass as that request's children in Serve (they hung).
+            self.task = loop.create_task(self._loop(), context=contextvars.Context())
         return loop
 
     def forget(self, key: Hashable) -> None:
