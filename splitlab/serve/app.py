@@ -27,7 +27,7 @@ LIGHT_CPUS = 0.1
 
 
 def edge_autoscaling(config: ServeConfig) -> dict[str, Any]:
-    """Autoscaling of the edge half: by in-flight token steps per replica."""
+    """Autoscaling of the edge half: by in-flight calls per replica (one per UE replica and batch step)."""
     return {"min_replicas": config.edge_min_replicas, "max_replicas": config.edge_max_replicas,
             "target_ongoing_requests": config.edge_target_ongoing_requests,
             # Scale up fast under load, down slowly: a removed replica's requests rebuild their caches.

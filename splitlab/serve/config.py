@@ -78,7 +78,7 @@ class ServeConfig(ConfigModel):
     edge_max_replicas: PositiveInt = 2
     """Autoscaling upper bound of the edge half."""
     edge_target_ongoing_requests: PositiveFloat = 4.0
-    """Autoscaling target: in-flight token steps per edge replica."""
+    """Autoscaling target: in-flight calls per edge replica (a UE's steps for one replica share one call)."""
     ue_replicas: PositiveInt = 1
     """Replicas of the UE half (each request's UE state lives inside one streaming call)."""
     replica_cpus: NonNegativeFloat = 0.5
