@@ -111,7 +111,10 @@ class InProcessEdge:
     async def send(self, route: str, items: list[tuple[str, EdgeMessage]]) -> list:
         from splitlab.serve.routing import REPLICA_ROUTE, owner_order
 
-        name = route[len(REPLICA_ROUTE):] if route.startswith(REPLICA_ROUTE) else owner_order(route, list(self.stores))[0]
+        if route.startswith(REPLICA_ROUTE):
+            name = route[len(REPLICA_ROUTE):]
+        else:
+            name = owner_order(route, list(self.stores))[0]
         self.calls.append((name, len(items)))
         replies = await self.batchers[name].submit_many([(rid, (rid, msg)) for rid, msg in items])
         return [{**r, "replica": name} if isinstance(r, dict) else r for r in replies]
@@ -168,7 +171,8 @@ def test_a_failing_request_does_not_fail_its_batch_mates(tiny_llama: SplitModel)
                 for i, p in enumerate(PROMPTS)]
     out, _ = _batched_run(model, requests, edge)
     assert isinstance(out[2], ValueError) and "k >= 2" in str(out[2])
-    assert [o for i, o in enumerate(out) if i != 2] == [_greedy(model, p, 2, 6) for i, p in enumerate(PROMPTS) if i != 2]
+    others = [i for i in range(len(PROMPTS)) if i != 2]
+    assert [out[i] for i in others] == [_greedy(model, PROMPTS[i], 2, 6) for i in others]
     assert "r2" not in edge.stores["replica0"].sessions  # its half-built cache was dropped
 
     # Inside one batched decode step: a malformed step is refused by name, one that fails in the batched
@@ -180,7 +184,8 @@ def test_a_failing_request_does_not_fail_its_batch_mates(tiny_llama: SplitModel)
             s.step(f"r{i}", EdgeMessage(2, 0, hidden))
     nxt = [model.head(torch.tensor([[7 + i]]), 2, position_ids=torch.tensor([[h.shape[1]]])).hidden
            for i, h in enumerate(prompts)]  # [1, 1, H] each
-    expected = [alone.step(f"r{i}", EdgeMessage(2, h.shape[1], x))["token"] for i, (h, x) in enumerate(zip(prompts, nxt))]
+    expected = [alone.step(f"r{i}", EdgeMessage(2, h.shape[1], x))["token"]
+                for i, (h, x) in enumerate(zip(prompts, nxt))]
     bad_shape = EdgeMessage(2, prompts[1].shape[1], nxt[1][..., :-1])
     bad_dtype = EdgeMessage(2, prompts[1].shape[1], nxt[1].double())  # fails only inside the model
     for bad, kind in ((bad_shape, "must be \\[1, T >= 1"), (bad_dtype, "")):
