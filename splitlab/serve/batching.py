@@ -7,7 +7,12 @@ them with ``run_batch(items) -> results`` on one thread. Requests join and leave
 
 The same scheduler batches outgoing calls: with no executor, ``run_batch`` is a coroutine function
 awaited on the event loop (the UE's one edge call per step, :mod:`splitlab.serve.edge_client`).
-One batch runs at a time; steps that arrive meanwhile form the next batch.
+One batch runs at a time; steps that arrive meanwhile form the next batch. Such a batcher is
+``patient``: it waits longer for requests whose previous step just came back (up to 1.5x the measured
+time a request takes to come back, at most ``MAX_GATHER_S``). Without that, the UE's requests settle
+into two alternating halves (half decoding on the UE while the other half is at the edge) and every
+batch is half as big; with it they stay in one lock-step batch (measured: head batches of 4 with 8
+clients before, 8 after).
 
 Why not Ray Serve's ``@serve.batch``: it splits a batch by multiplexed model id (our request ids, which
 route a request to the edge replica holding its cache, so it would never batch across requests), it
@@ -26,6 +31,8 @@ from typing import Any
 
 ACTIVE_WINDOW_S = 0.5
 """A request that submitted a step this recently is expected to submit the next one soon."""
+MAX_GATHER_S = 0.25
+"""Longest a patient batcher holds a batch back for requests still on their way."""
 
 
 class StepBatcher:
@@ -37,7 +44,7 @@ class StepBatcher:
     """
 
     def __init__(self, run_batch: Callable[[list[Any]], Any], executor: Executor | None, max_batch: int = 64,
-                 wait_s: float = 0.002):
+                 wait_s: float = 0.002, patient: bool = False):
         if executor is None and not inspect.iscoroutinefunction(run_batch):
             raise TypeError(f"without an executor run_batch must be a coroutine function, got {run_batch!r}")
         self.run_batch, self.executor, self.max_batch, self.wait_s = run_batch, executor, max_batch, wait_s
@@ -47,28 +54,49 @@ class StepBatcher:
         self.task: asyncio.Task | None = None
         self.batches = 0
         self.batched_items = 0
+        self.patient = patient
+        self.delivered: dict[Hashable, float] = {}  # keys whose result went back, and when
+        self.turnaround_s: float | None = None  # mean time from a result to the same key's next step
 
     async def submit(self, key: Hashable, item: Any) -> Any:
         """Queue one step of request ``key``; returns its result when its batch has run."""
         loop = self._started()
         future = loop.create_future()
         self.pending.append((item, future))
-        self.last_seen[key] = time.monotonic()
+        self._seen(key)
         self.arrived.set()
-        return await future
+        try:
+            return await future
+        finally:
+            self._delivered(key)
 
     async def submit_many(self, steps: Sequence[tuple[Hashable, Any]]) -> list[Any]:
         """Queue the steps ``(key, item)`` of several requests at once (one incoming batch call); returns one
         result per step, in order, an ``Exception`` in place of a step that failed (its batch-mates go on)."""
         loop = self._started()
         futures = []
-        now = time.monotonic()
         for key, item in steps:
             futures.append(loop.create_future())
             self.pending.append((item, futures[-1]))
-            self.last_seen[key] = now
+            self._seen(key)
         self.arrived.set()
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        try:
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            for key, _ in steps:
+                self._delivered(key)
+
+    def _seen(self, key: Hashable) -> None:
+        now = time.monotonic()
+        self.last_seen[key] = now
+        back = self.delivered.pop(key, None)
+        if back is not None:
+            gap = now - back
+            self.turnaround_s = gap if self.turnaround_s is None else 0.8 * self.turnaround_s + 0.2 * gap
+
+    def _delivered(self, key: Hashable) -> None:
+        if key in self.last_seen:  # not forgotten meanwhile
+            self.last_seen[key] = self.delivered[key] = time.monotonic()
 
     def _started(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -82,23 +110,32 @@ class StepBatcher:
     def forget(self, key: Hashable) -> None:
         """Request ``key`` has ended: do not wait for its next step."""
         self.last_seen.pop(key, None)
+        self.delivered.pop(key, None)
 
     @property
     def mean_batch(self) -> float:
         return self.batched_items / self.batches if self.batches else 0.0
 
     def _expected(self) -> int:
-        cutoff = time.monotonic() - ACTIVE_WINDOW_S
+        window = ACTIVE_WINDOW_S if self.turnaround_s is None else max(ACTIVE_WINDOW_S, 2 * self.turnaround_s)
+        cutoff = time.monotonic() - window
         for key in [k for k, t in self.last_seen.items() if t < cutoff]:
             del self.last_seen[key]
+            self.delivered.pop(key, None)
         return min(len(self.last_seen), self.max_batch)
+
+    def _gather_s(self) -> float:
+        """How long to hold a batch back for the expected steps not yet pending."""
+        if not self.patient or self.turnaround_s is None:
+            return self.wait_s
+        return max(self.wait_s, min(MAX_GATHER_S, 1.5 * self.turnaround_s))
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self.arrived.wait()
             self.arrived.clear()
-            deadline = loop.time() + self.wait_s
+            deadline = loop.time() + self._gather_s()
             while len(self.pending) < self._expected() and loop.time() < deadline:
                 try:  # gather the lock-step streams' steps; a lone request waits at most wait_s
                     await asyncio.wait_for(self.arrived.wait(), max(deadline - loop.time(), 0.0))

@@ -43,7 +43,7 @@ class BatchedEdge:
         self.send = send
         self.pins: dict[str, str] = {}  # request id -> the edge replica holding its cache
         self.open: set[str] = set()  # requests that have not ended (a late reply must not pin an ended one)
-        self.batcher = StepBatcher(self._send_batch, None, max_batch, wait_s)
+        self.batcher = StepBatcher(self._send_batch, None, max_batch, wait_s, patient=True)
         self.calls = 0  # calls made to the edge
         self.steps = 0  # steps they carried
 
