@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -359,6 +360,45 @@ def test_served_policies_are_weights_and_json_and_pickled_checkpoints_are_refuse
     np.savez(run / "policy.npz", **{**tensors, "linear0.weight": np.array([{"evil": 1}], dtype=object)})
     with pytest.raises(ValueError, match="pickle"):
         load_policy_rule(run, 4)({"snr_db": 1.0})
+
+
+@pytest.mark.parametrize("dueling", [True, False])
+def test_a_dqn_policy_exports_without_pickle_and_acts_as_rllibs_module(tmp_path, dueling):
+    import gymnasium as gym
+    from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    from splitlab.envs.wireless import FEATURE_HIGH, FEATURE_LOW
+
+    run = _policy_run(tmp_path / "run")
+    config = (DQNConfig().environment(observation_space=gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32),
+                                      action_space=gym.spaces.Discrete(3))
+              .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[16], head_fcnet_hiddens=[16]))
+              .training(dueling=dueling))
+    module = config.get_rl_module_spec().build()
+    assert type(module).__name__ == "DefaultDQNTorchRLModule"
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # RLlib starts the heads near zero (one action everywhere): spread them out
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+    shutil.rmtree(run / "policy")
+    module.save_to_path((run / "policy").resolve())
+    export_policy(module, run)
+    rule, trusted = load_policy_rule(run, num_layers=4), load_rllib_rule(run, num_layers=4)
+    assert rule.name == "policy"
+    snrs = np.linspace(-10, 40, 101)
+    assert [rule({"snr_db": x}) for x in snrs] == [trusted({"snr_db": x}) for x in snrs]
+    # Beyond the requests' observations: random points of the observation box rank actions alike.
+    import torch as th
+    from ray.rllib.core.columns import Columns
+    obs = np.random.default_rng(0).uniform(FEATURE_LOW, FEATURE_HIGH, (200, len(FEATURE_LOW))).astype(np.float32)
+    actions = module.forward_inference({Columns.OBS: th.as_tensor(obs)})[Columns.ACTIONS].numpy()  # [200]
+    assert len(set(actions.tolist())) > 1  # the check can tell actions apart
+    np.testing.assert_array_equal([int(np.argmax(rule.logits(o))) for o in obs], actions)
+
+    config = config.training(num_atoms=5)  # distributional: its ranking is no plain network; refused by name
+    with pytest.raises(ValueError, match="num_atoms=5"):
+        export_policy(config.get_rl_module_spec().build(), tmp_path)
 
 
 # ---------------------------------------------------------------------- the token loop

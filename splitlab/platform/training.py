@@ -211,7 +211,7 @@ class TrainingRun:
         write_policy_info(spec, self.evaluation.env, run_dir / "policy.json")
         try:
             files["policy_weights"] = str(export_policy(module, run_dir))  # what `splitlab serve` loads, no pickle
-        except ValueError as err:  # a module the export does not know (RLlib's DQN module today)
+        except ValueError as err:  # a module the export does not know (distributional DQN)
             self._say(f"no pickle-free policy export ({err}); serving this run needs trust_checkpoint")
         files["policy"] = str(policy_dir)
         files.update(self.mode.write_outputs())

@@ -103,8 +103,10 @@ class RLlibRule:
 
         obs = torch.as_tensor(self.observation(features)).unsqueeze(0)  # [1, N_FEATURES]
         with torch.no_grad():
-            logits = self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]  # [1, A]
-        return int(self.candidate_ks[int(logits.argmax(-1)[0])])
+            out = self.module.forward_inference({Columns.OBS: obs})
+        if Columns.ACTION_DIST_INPUTS in out:  # PPO: the greedy action is the logits' argmax
+            return int(self.candidate_ks[int(out[Columns.ACTION_DIST_INPUTS].argmax(-1)[0])])  # logits [1, A]
+        return int(self.candidate_ks[int(out[Columns.ACTIONS][0])])  # DQN: its inference pass gives the action
 
 
 NET_FILE = "policy_net.json"
@@ -135,17 +137,24 @@ def _weights_file(folder: Path) -> Path | None:
 def _greedy_path(module) -> list:
     """The modules from observation to action logits of an RLlib default MLP module, in order.
 
-    PPO: ``encoder.actor_encoder`` then ``pi``; DQN: ``encoder.encoder`` then ``af`` (with a dueling
-    head the advantages rank actions as the Q-values do).
+    PPO: ``encoder.actor_encoder`` then ``pi``. DQN: ``encoder`` (one MLP encoder, its layers in
+    ``encoder.net``) then ``af``: without dueling ``af`` gives the Q-values; with dueling Q = V + A -
+    mean(A), so the advantages rank the actions as the Q-values do. Distributional DQN (``num_atoms``
+    > 1) ranks by an expectation over atoms, which this plain network cannot express: refused.
     """
     import torch
 
     encoder = getattr(module, "encoder", None)
     body = getattr(encoder, "actor_encoder", None) or getattr(encoder, "encoder", None)
+    if body is None and isinstance(getattr(encoder, "net", None), torch.nn.Module):
+        body = encoder  # DQN: a single MLP encoder shared by the advantage and value streams
     head = getattr(module, "pi", None) or getattr(module, "af", None)
     if body is None or head is None:
         raise ValueError(f"cannot export {type(module).__name__}: expected RLlib's default MLP module (PPO: "
-                         f"encoder.actor_encoder + pi, DQN: encoder.encoder + af)")
+                         f"encoder.actor_encoder + pi, DQN: encoder + af)")
+    if int(getattr(module, "num_atoms", 1) or 1) > 1:
+        raise ValueError(f"cannot export {type(module).__name__} with num_atoms={module.num_atoms} (distributional "
+                         f"Q-learning): only expectation DQN (num_atoms=1) and PPO modules export")
     return [m for part in (body, head) for m in part.modules()
             if isinstance(m, torch.nn.Linear) or type(m).__name__ in ACTIVATIONS]
 
