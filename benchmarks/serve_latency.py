@@ -21,7 +21,7 @@ on the grid shipped with the package. On SmolLM2 that rule picks k = 0 at every 
 split is also the most robust one there.
 Measurements alternate between in-process and served runs so that a change in machine load hits both.
 
-How to run:  nice .venv/bin/python benchmarks/serve_latency.py [--tokens 32] [--prompts 8] [--rounds 2]
+How to run:  .venv/bin/python benchmarks/serve_latency.py [--tokens 32] [--prompts 8] [--rounds 2]
              [--grid PATH] [--policy RUN] [--edge-replicas 1] [--concurrency 1,2,4,8,16,32]
 
 Results to expect (goals): per-token latency at concurrency 1 at most 1.2x the in-process unsplit
