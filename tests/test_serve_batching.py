@@ -197,3 +197,35 @@ def test_a_failing_request_does_not_fail_its_batch_mates(tiny_llama: SplitModel)
         for i in (0, 2):  # put the good ones back one step (drop and rebuild) for the next case
             store.release(f"r{i}")
             store.step(f"r{i}", EdgeMessage(2, 0, prompts[i]))
+
+
+def test_a_request_cancelled_mid_batch_leaves_its_batch_mates_right_and_is_forgotten(tiny_llama: SplitModel):
+    model, k, n = tiny_llama, 2, 10
+    edge = InProcessEdge(model)
+    pool = ThreadPoolExecutor(max_workers=1)
+    head = StepBatcher(lambda items: head_step(model, [s for s, _ in items], [t for _, t in items]), pool, wait_s=0.05)
+    link = BatchedEdge(edge.send, wait_s=0.05)
+    requests = [UERequest(f"r{i}", model.tokenizer(p).input_ids, k=k, max_tokens=n) for i, p in enumerate(PROMPTS)]
+    tokens_of: dict[str, list[int]] = {r.request_id: [] for r in requests}
+
+    async def one(req: UERequest):
+        try:
+            async for event in split_generate(model, req, resolve_link("clean", None, "clean"), link.step,
+                                              eos_ids=set(), ue_step=lambda s, t: head.submit(id(s), (s, t))):
+                if "token_id" in event:
+                    tokens_of[req.request_id].append(event["token_id"])
+        finally:
+            link.end(req.request_id)  # as UEHalf.generate does, also when cancelled (client gone, deadline)
+
+    async def run_all():
+        tasks = [asyncio.create_task(one(r)) for r in requests]
+        while len(tokens_of["r1"]) < 3:  # cancel r1 while it decodes in lock-step with the others
+            await asyncio.sleep(0.001)
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(run_all())
+    pool.shutdown()
+    assert isinstance(outcomes[1], asyncio.CancelledError) and len(tokens_of["r1"]) < n
+    assert [tokens_of[f"r{i}"] for i in (0, 2, 3, 4)] == [_greedy(model, PROMPTS[i], k, n) for i in (0, 2, 3, 4)]
+    assert not link.pins and not link.open and "r1" not in link.batcher.last_seen  # nothing waits for it
