@@ -225,14 +225,3 @@ def crashing_trial(spec, ctx):
             raise RuntimeError("node lost")
     return {"policy/return": 4.0}
 
-
-def test_a_failed_trial_on_remote_storage_resumes_from_its_last_checkpoint(tmp_path, local_ray):
-    """file:// storage takes the remote path (run folder off storage): per-iteration checkpoints carry it."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    raw = {"env": {"w_l": 0.1}, "test": {"calls_dir": str(tmp_path)},
-           "sweep": {"name": "crash", "metric": "policy/return", "cpus_per_trial": 0.5, "max_failures": 1,
-                     "storage_path": f"file://{tmp_path / 'tune'}", "params": {"env.w_l": 0.1}}}
-    outcome = run_sweep(load_plan(raw, validate=None), trial_fn=crashing_trial, tracking_uri=uri, verbose=0)
-    assert not outcome.errored, outcome.trials
-    assert (tmp_path / "attempts").read_text().split("\n")[:2] == ["start 1", "start 3"]  # resumed after iter 2
-    assert outcome.trials[0]["metrics"]["policy/return"] == 4.0
