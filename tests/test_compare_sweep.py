@@ -33,6 +33,15 @@ def test_compare_sweep_expands_to_every_method_times_every_seed():
     assert specs["dyna", 4]["algorithm"]["name"] == "ppo" and "method" not in specs["dyna", 4]
 
 
+def test_cli_dry_run_lists_the_methods(capsys):
+    from splitlab.cli import main
+
+    assert main(["sweep", str(ROOT / "tune_configs" / "compare.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep compare: 20 trials (20 grid points x 1 samples)" in out
+    assert "method model_free_dqn: mode='model_free', algorithm.name='dqn'" in out
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"methods": {"a": {"algorithm.seed": 1}}}, "method 'a' sets 'algorithm.seed', which sweep.params also sets"),
     ({"methods": {"a": {"algorithm": {"lr": 1}}}}, "method 'a' sets 'algorithm', which sweep.params also sets"),
