@@ -131,3 +131,45 @@ def test_report_reads_histories_from_mlflow_and_logs_the_curves_to_the_parent_ru
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/seed_aggregate.json", "report/seed_curves.json", "report/seed_curves.png",
             "report/seed_aggregate.png"} <= logged
+
+
+def method_trial(spec, ctx):
+    """A stand-in trial: its score climbs to the level its method sets, a little higher per seed."""
+    level, seed = spec["test"]["level"], spec["algorithm"]["seed"]
+    for i in range(3):
+        ctx.report({"policy/return_vs_oracle": level * (i + 1) / 3 + 0.01 * seed, "mbrl/real_evals": 10 * (i + 1)})
+    return {"policy/return": level + 0.01 * seed - 1.0, "policy/return_vs_oracle": level + 0.01 * seed,
+            "mbrl/real_evals": 30}
+
+
+@pytest.mark.slow
+def test_methods_times_seeds_sweep_runs_and_reports_per_method(tmp_path):
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    from splitlab.platform.ray_runtime import LOCAL, ensure_ray
+    from splitlab.platform.report import build_report
+    from splitlab.platform.sweep import run_sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = {"test": {"level": 0.0}, "algorithm": {"seed": 0}, "sweep": {
+        "name": "tiny-compare", "metric": "policy/return_vs_oracle", "cpus_per_trial": 0.5,
+        "storage_path": str(tmp_path / "tune"), "params": {"algorithm.seed": {"grid_search": [0, 1]}},
+        "methods": {"good": {"test.level": 0.9}, "weak": {"test.level": 0.3}}}}
+    plan = load_plan(raw, validate=None)
+    ensure_ray(2, address=LOCAL, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    try:
+        outcome = run_sweep(plan, trial_fn=method_trial, tracking_uri=uri, verbose=0)
+    finally:
+        ray.shutdown()
+    assert len(outcome.trials) == 4 and not outcome.errored, outcome.trials
+    report = build_report("tiny-compare", uri)
+    rows = report.aggregate_by_seed()
+    assert [(r["method"], r["n"]) for r in rows] == [(("good",), 2), (("weak",), 2)]
+    assert rows[0]["score_mean"] == pytest.approx(0.905) and rows[1]["score_mean"] == pytest.approx(0.305)
+    curves = report.aggregate_curves()
+    assert all(len(c["step"]) >= 3 and set(c["n"]) == {2} for c in curves)
+    assert curves[0]["mean"][0] == pytest.approx(0.305)  # (0.3 + 0.31) / 2 at the first iteration
