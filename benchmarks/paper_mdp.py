@@ -118,10 +118,12 @@ def stat(values) -> dict:
 
 
 def plot(path: Path, rhos: np.ndarray, k_opt: np.ndarray, k_pol: np.ndarray, opt: np.ndarray, ret: np.ndarray,
-         title: str) -> None:
-    """k after 5 steps and return vs rho: the optimum against PPO's mean over seeds with a 95% band.
+         gap_by_k0: np.ndarray, title: str) -> None:
+    """k after 5 steps and return vs rho: the optimum against PPO's mean over seeds with a 95% band; and
+    PPO's return gap to the optimum per starting k.
 
-    ``k_opt``, ``opt``: [R] (mean over starting k); ``k_pol``, ``ret``: [S, R] one row per seed.
+    ``k_opt``, ``opt``: [R] (mean over starting k); ``k_pol``, ``ret``: [S, R] one row per seed;
+    ``gap_by_k0``: [S, K_max] mean over rho.
     """
     import matplotlib
 
@@ -130,7 +132,7 @@ def plot(path: Path, rhos: np.ndarray, k_opt: np.ndarray, k_pol: np.ndarray, opt
 
     from splitlab.platform.statistics import ci95
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, best, pol, label in ((axes[0], k_opt, k_pol, "k after 5 steps (mean over starting k)"),
                                  (axes[1], opt, ret, "episode return (mean over starting k)")):
         mean = pol.mean(axis=0)
@@ -141,6 +143,11 @@ def plot(path: Path, rhos: np.ndarray, k_opt: np.ndarray, k_pol: np.ndarray, opt
         ax.set_xlabel("erasure probability rho at reset")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
+    k0s = np.arange(1, gap_by_k0.shape[1] + 1)
+    axes[2].bar(k0s, gap_by_k0.mean(axis=0), yerr=[ci95(gap_by_k0[:, i]) for i in range(len(k0s))], capsize=3,
+                color="tab:blue")
+    axes[2].set_xlabel("starting k (training resets to 3..5 for K_max = 9)")
+    axes[2].set_ylabel("optimum - PPO return (mean over rho, 95% CI over seeds)")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +251,10 @@ def main() -> None:
             act = greedy_from_export(result.run_dir, env.action_space.n)
             starts = sweep_starts(env, act, dp, start_rhos)
             rng = np.ptp(starts["optimum"])
+            gap = starts["optimum"] - starts["return"]  # [R, K0]
+            optimal = starts["return"] >= starts["optimum"] - 1e-9
+            low, high = env.initial_k_range  # the starting k training resets to; others are reached only by moving
+            inside = slice(low - 1, high)
             runs.append({"seed": seed, "return": p["policy"]["return"], "optimum": p["oracle"]["return"],
                          "random": p["random"]["return"], "best_fixed": {"name": best_fixed, "return": fixed[best_fixed]},
                          "score": p["policy"]["return_vs_oracle"], "best_fixed_score": p[best_fixed]["return_vs_oracle"],
@@ -256,6 +267,11 @@ def main() -> None:
                                     "optimum": float(starts["optimum"].mean()),
                                     "optimum_range": float(rng),
                                     "final_k_match": float(np.mean(starts["k_policy"] == starts["k_optimum"])),
+                                    "reset_k_range": [low, high],
+                                    "optimal_share_reset_k": float(np.mean(optimal[:, inside])),
+                                    "mean_gap_reset_k": float(np.mean(gap[:, inside])),
+                                    "optimal_share_by_k0": optimal.mean(axis=0).tolist(),
+                                    "mean_gap_by_k0": gap.mean(axis=0).tolist(),
                                     "k_policy_by_rho": starts["k_policy"].mean(axis=1).tolist(),
                                     "return_by_rho": starts["return"].mean(axis=1).tolist()}})
             out["k_optimum_by_rho"] = starts["k_optimum"].mean(axis=1).tolist()
@@ -278,10 +294,13 @@ def main() -> None:
             "starts_optimal_share": stat(r["starts"]["optimal_share"] for r in runs),
             "starts_mean_gap": stat(r["starts"]["mean_gap"] for r in runs),
             "starts_final_k_match": stat(r["starts"]["final_k_match"] for r in runs),
+            "starts_reset_k_optimal_share": stat(r["starts"]["optimal_share_reset_k"] for r in runs),
+            "starts_reset_k_mean_gap": stat(r["starts"]["mean_gap_reset_k"] for r in runs),
         }
         plot(Path(args.plot), start_rhos, np.asarray(out["k_optimum_by_rho"]),
              np.asarray([r["starts"]["k_policy_by_rho"] for r in runs]), np.asarray(out["optimum_by_rho"]),
              np.asarray([r["starts"]["return_by_rho"] for r in runs]),
+             np.asarray([r["starts"]["mean_gap_by_k0"] for r in runs]),
              f"paper MDP on {quality['model']}: PPO (paper mode) vs the DP optimum")
         out["plot"] = str(Path(args.plot).resolve().relative_to(ROOT)) if Path(args.plot).resolve().is_relative_to(
             ROOT) else args.plot
@@ -293,7 +312,7 @@ def main() -> None:
         save()
     s = out.get("summary", {})
     for key in ("ppo_return", "optimum_return", "best_fixed_return", "random_return", "ppo_score",
-                "starts_optimal_share", "starts_mean_gap"):
+                "starts_optimal_share", "starts_mean_gap", "starts_reset_k_optimal_share", "starts_reset_k_mean_gap"):
         if key in s:
             print(f"{key:<22} {s[key]['mean']:9.3f} +- {s[key]['ci95']:.3f} (n={s[key]['n']})")
 
