@@ -25,8 +25,13 @@ Results to expect (``benchmarks/results/paper_mdp.json``, written after each sta
 ``benchmarks/results/paper_k_vs_rho.png``): per seed and as mean +- 95% CI (Student t over seeds) the
 held-out return of PPO, of the DP optimum, random and the best fixed k, ``score`` = (PPO - random) /
 (optimum - random), and on the grid of starts the share of starts where PPO is optimal, the mean
-return gap, and k after 5 steps per rho for PPO and the optimum. See the README section "The
-paper's own MDP" for the numbers of the last run and every deviation from the paper.
+return gap (all starting k, and only those in the reset range), and k after 5 steps per rho for PPO
+and the optimum. On SmolLM2 k = 1 has the lowest perplexity at every measured rho and is also the
+cheapest split, so the optimum is "go to k = 1 and stay" at every rho, a fixed k = 1 is optimal, and
+PPO matches the optimum on the held-out episodes in all 5 seeds (score 1.000); from starting k above
+the reset range (never visited in training) it loses some return on the way down. Measuring takes
+about 11 min under load (171 points; a rerun reads them from the store), PPO about 1-2 min a seed.
+See the README section "The paper's own MDP" for the numbers and every deviation from the paper.
 """
 from __future__ import annotations
 
@@ -147,7 +152,8 @@ def plot(path: Path, rhos: np.ndarray, k_opt: np.ndarray, k_pol: np.ndarray, opt
     axes[2].bar(k0s, gap_by_k0.mean(axis=0), yerr=[ci95(gap_by_k0[:, i]) for i in range(len(k0s))], capsize=3,
                 color="tab:blue")
     axes[2].set_xlabel("starting k (training resets to 3..5 for K_max = 9)")
-    axes[2].set_ylabel("optimum - PPO return (mean over rho, 95% CI over seeds)")
+    axes[2].set_ylabel("optimum - PPO return")
+    axes[2].set_title("mean over rho, 95% CI over seeds", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
