@@ -509,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        if isinstance(err, FileNotFoundError) and err.filename is None:
+            raise  # not a file the user named: an internal error keeps its traceback
         parser.exit(2, f"splitlab {args.command}: error: {err}\n")
 
 

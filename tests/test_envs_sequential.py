@@ -172,3 +172,22 @@ def test_ppo_samples_and_trains_on_two_cells_per_env_runner(tmp_path):
     finally:
         ray.shutdown()
         torch.set_num_threads(threads)
+
+
+def test_device_profiles_price_the_decode_steps():
+    """With ue_profile the costs are the roofline device model of the named model's own layers."""
+    from splitlab.envs.device_profiles import DeviceCostModel
+    from splitlab.llm.cost import layer_costs_of
+
+    synth = {**SYNTH, "num_layers": 4}  # tiny-llama: 4 layers of width 64
+    phone = DecodeModel(SequentialConfig(reward_model=synth, ue_profile="phone", layers_of="tiny-llama",
+                                         prompt_tokens=32))
+    step = DeviceCostModel(layer_costs_of("tiny-llama"), "phone").per_k("decode", context=32)
+    np.testing.assert_allclose(phone.costs.ue_s_per_token, step.ue_time_s)
+    np.testing.assert_allclose(phone.costs.edge_s_per_token, step.edge_time_s)
+    assert phone.costs.radio_tx_w == DeviceCostModel(layer_costs_of("tiny-llama"), "phone").ue.tx_power_w
+    jetson = DecodeModel(SequentialConfig(reward_model=synth, ue_profile="jetson", layers_of="tiny-llama",
+                                          prompt_tokens=32))
+    assert not np.allclose(jetson.costs.ue_s_per_token[1:], phone.costs.ue_s_per_token[1:])
+    with pytest.raises(ValueError, match="layers_of 'tiny-llama' has 4 layers"):
+        DecodeModel(SequentialConfig(reward_model=SYNTH, ue_profile="phone", layers_of="tiny-llama"))

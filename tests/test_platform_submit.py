@@ -8,32 +8,19 @@ every process of its Ray session (never `ray stop`, which would hit other Ray in
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from processes import stop_process_group
+from processes import new_cluster
 from splitlab.platform.submit import EXCLUDES, build_entrypoint, project_root, stage_project
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_entrypoint_and_project_detection(tmp_path):
@@ -77,47 +64,12 @@ def test_staged_upload_leaves_env_files_behind(tmp_path):
 @pytest.fixture
 def ray_head():
     """A local head with the dashboard (job API) on a free port and token auth on; yields (address, token)."""
-    token = secrets.token_hex(16)
-    dashboard = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # as if the venv were active
-    env.pop("RAY_ADDRESS", None)
-    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    log = open(Path(temp_dir) / "head.log", "w")
-    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dashboard}"
+    cluster = new_cluster(secrets.token_hex(16))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                req = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
-                with urllib.request.urlopen(req, timeout=5) as response:
-                    json.loads(response.read())
-                break
-            except OSError:
-                assert head.poll() is None, (Path(temp_dir) / "head.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the head's job API did not come up"
-                time.sleep(1.0)
-        yield address, token
+        cluster.start_head(num_cpus=2)
+        yield cluster.dashboard, cluster.token
     finally:
-        session = Path(temp_dir) / "session_latest"
-        name = os.path.basename(os.path.realpath(session)) if session.exists() else None
-        stop_process_group(head)
-        log.close()
-        if name:  # workers and the job's driver run in process groups of their own
-            for proc_dir in Path("/proc").glob("[0-9]*"):
-                try:
-                    if name.encode() in (proc_dir / "cmdline").read_bytes():
-                        os.kill(int(proc_dir.name), signal.SIGKILL)
-                except (OSError, ProcessLookupError):
-                    pass
-        import shutil
-
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        cluster.stop()
 
 
 @pytest.mark.slow

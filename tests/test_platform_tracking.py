@@ -6,29 +6,20 @@ the way SweepMLflowCallback writes them), and is stopped by ending its process g
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from processes import stop_process_group
+from processes import start_mlflow_server, stop_process_group
 from splitlab.platform.sweep import TAG_SWEEP, TAG_SWEEP_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"ui-sweep:mean_db=0": 0.0, "ui-sweep:mean_db=20": 20.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sweep_store(folder: Path) -> tuple[str, str]:
@@ -54,29 +45,11 @@ def _sweep_store(folder: Path) -> tuple[str, str]:
 def tracking_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tracking")
     uri, exp = _sweep_store(folder)
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_BACKEND_STORE_URI": uri,
-           "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "mlruns")}
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen([str(ROOT / "mlflow" / "start.sh")], env=env, start_new_session=True, stdout=log,
-                              stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_mlflow_server(folder, uri)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health"
-            time.sleep(0.5)
         yield url, exp, folder
     finally:
         stop_process_group(server, timeout=20)
-        log.close()
 
 
 def _post(url: str, body: dict) -> dict:

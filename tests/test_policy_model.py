@@ -49,11 +49,17 @@ def test_policy_is_an_mlflow_model_and_serve_can_fetch_it(ray_local, tmp_path, m
 
     ks = model.predict(pd.DataFrame(obs, columns=list(FEATURE_NAMES)))
     assert set(np.asarray(ks).tolist()) <= {0, 6, 12, 18, 24, 30}
+    from splitlab.policy_net import load_net, logits
+
+    candidate_ks = np.asarray(json.loads((result.run_dir / "policy.json").read_text())["candidate_ks"])
+    assert np.array_equal(ks, candidate_ks[logits(*load_net(result.run_dir), obs).argmax(-1)])  # the exported net
+    local = Path(mlflow.artifacts.download_artifacts("models:/split-policy/1", dst_path=str(tmp_path / "model")))
+    assert (local / "code" / "policy_net.py").is_file() and not list(local.rglob("*.pkl"))  # code, no pickle
     assert model.metadata.get_input_schema().input_names() == list(FEATURE_NAMES)
     # serve's source resolver: a run's artifacts and the registered model both become a loadable folder
-    for source in (f"runs:/{result.run_id}/policy", "models:/split-policy/1"):
+    for source, part in ((f"runs:/{result.run_id}/policy", "policy"), ("models:/split-policy/1", "policy_net.json")):
         folder = Path(resolve_policy_source(source, tmp_path / source.split(":")[0], uri))
-        assert (folder / "policy.json").exists() and (folder / "policy").is_dir()
+        assert (folder / "policy.json").exists() and (folder / part).exists()
     assert resolve_policy_source("runs/train/x") == "runs/train/x"
     with pytest.raises(ValueError, match="names no run"):
         resolve_policy_source("runs:/", tmp_path / "x", uri)

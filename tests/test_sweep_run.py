@@ -200,3 +200,28 @@ def test_resume_after_killed_sweep_keeps_finished_trials(tmp_path, local_ray):
     assert after["0.5"].info.run_id == before["0.5"].info.run_id  # the trial kept its MLflow run
     assert after["0.1"].info.end_time == before["0.1"].info.end_time
     assert {a.path for a in client.list_artifacts(after["0.5"].info.run_id)} == {"plots", "policy", "spec.yaml"}
+
+
+def crashing_trial(spec, ctx):
+    """A stand-in trial that checkpoints like training (``state.json`` + a checkpoint folder) every
+    iteration and, on its first attempt, crashes after iteration 2 the way a lost node would."""
+    import shutil
+
+    from splitlab.platform.run_state import RunState
+
+    calls = Path(spec["test"]["calls_dir"]) / "attempts"
+    if ctx.restore_dir is not None:
+        shutil.copytree(ctx.restore_dir, ctx.out_dir, dirs_exist_ok=True)
+    state = RunState.load(ctx.out_dir) or RunState(spec_hash="test", spec={})
+    first = not calls.exists()
+    with calls.open("a") as f:
+        f.write(f"start {state.iteration + 1}\n")
+    for it in range(state.iteration + 1, 5):
+        (ctx.out_dir / f"checkpoints/iter_{it}").mkdir(parents=True)
+        state.iteration, state.checkpoint = it, f"checkpoints/iter_{it}"
+        state.save(ctx.out_dir)
+        ctx.report({"policy/return": float(it)})
+        if first and it == 2:
+            raise RuntimeError("node lost")
+    return {"policy/return": 4.0}
+

@@ -27,6 +27,7 @@ from pydantic import Field
 from splitlab.config import ConfigModel
 
 from splitlab.envs.device import DeviceModel
+from splitlab.envs.device_profiles import DeviceCostModel
 from splitlab.envs.migration import MigrationPrices, migration_work
 from splitlab.envs.reward_models import RewardModel, check_reward_model, make_reward_model
 
@@ -87,6 +88,24 @@ class DecodeCostTable:
                    ue_j_per_layer_token=flops * ue_joules_per_flop, radio_tx_w=radio_tx_w)
 
 
+    @classmethod
+    def from_cost_model(cls, cost: DeviceCostModel, context: int = 256) -> DecodeCostTable:
+        """Costs from the roofline device model of the privacy/energy work (:mod:`splitlab.envs.device_profiles`):
+        the model's own FLOPs and weight/KV bytes per layer on a UE and an edge profile, one decode step after
+        ``context`` tokens, the activation priced by the cost model's link."""
+        from splitlab.channel import link_cost
+
+        step = cost.per_k("decode", context=context)
+        lc, L = cost.layers, cost.layers.num_layers
+        per_token = link_cost(1, lc.hidden, cost.channel, cost.snr_db).payload_bytes  # one hidden vector
+        compute_j = step.ue_compute_energy_j
+        return cls(num_layers=L, ue_s_per_token=step.ue_time_s, ue_j_per_token=compute_j,
+                   edge_s_per_token=step.edge_time_s, bytes_per_token=np.full(L + 1, per_token),
+                   kv_bytes_per_layer_token=float(np.mean(lc.kv_per_token)) * cost.ue.bytes_per_kv,
+                   hidden_bytes_per_token=per_token, ue_j_per_layer_token=float(compute_j[-1] - compute_j[0]) / L,
+                   radio_tx_w=cost.ue.tx_power_w)
+
+
 class SequentialConfig(ConfigModel):
     """One user's decode-phase episode: blocks of tokens, a growing context, and what a change of k costs."""
 
@@ -144,9 +163,27 @@ class SequentialConfig(ConfigModel):
     """UE compute energy per FLOP (default cost table)."""
     radio_tx_w: float = Field(0.2, ge=0)
     """UE transmit power in watts (default cost table)."""
+    ue_profile: Literal["phone", "jetson"] | None = None
+    """UE device profile (envs.device_profiles): the costs come from the roofline device model of
+    ``layers_of``'s own layers on this UE and ``edge_profile`` (its radio power too); None: the FLOP-rate
+    table of ue_flops, edge_flops, ue_joules_per_flop and radio_tx_w."""
+    edge_profile: Literal["edge-gpu", "jetson"] = "edge-gpu"
+    """Edge device profile with ``ue_profile``."""
+    layers_of: str = "smollm2"
+    """Model whose layer sizes (FLOPs, weight and KV bytes) price the steps with ``ue_profile``; its layer
+    count must match the reward model's."""
 
     def cost_table(self, num_layers: int, hidden: int) -> DecodeCostTable:
-        """The default cost table from this config's device numbers."""
+        """The cost table: the roofline device model with ``ue_profile``, else this config's device numbers."""
+        if self.ue_profile is not None:
+            from splitlab.llm.cost import layer_costs_of
+
+            layers = layer_costs_of(self.layers_of)
+            if (layers.num_layers, layers.hidden) != (num_layers, hidden):
+                raise ValueError(f"layers_of {self.layers_of!r} has {layers.num_layers} layers of width {layers.hidden}; "
+                                 f"the reward model has {num_layers} of width {hidden}: name the model it measured")
+            cost = DeviceCostModel(layers, self.ue_profile, self.edge_profile)
+            return DecodeCostTable.from_cost_model(cost, context=self.prompt_tokens)
         device = DeviceModel(ue_flops=self.ue_flops, edge_flops=self.edge_flops, tokens=1)
         return DecodeCostTable.from_device(device, num_layers, hidden, self.kv_dim,
                                            ue_joules_per_flop=self.ue_joules_per_flop, radio_tx_w=self.radio_tx_w)

@@ -12,6 +12,8 @@ read (decode) and the new KV written, in elements; a device profile turns elemen
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,3 +87,11 @@ class LayerCosts:
     def head_flops(self, tokens: int) -> float:
         """Final norm + output head over ``tokens`` tokens."""
         return 2.0 * self.head_params * tokens
+
+
+@functools.lru_cache(maxsize=4)
+def layer_costs_of(name: str) -> LayerCosts:
+    """:meth:`LayerCosts.from_model` of a model by name (loaded once per process, then dropped)."""
+    from splitlab.llm.split_model import SplitModel
+
+    return LayerCosts.from_model(SplitModel.load(name))

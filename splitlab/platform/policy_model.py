@@ -2,6 +2,10 @@
 per decision, the wireless preset's features :data:`~splitlab.envs.wireless.FEATURE_NAMES`) and output the
 split point k.
 
+The model is logged as code (:mod:`splitlab.platform.policy_pyfunc` plus :mod:`splitlab.policy_net`) over
+the run's pickle-free export (``policy_net.json`` + ``policy.safetensors``): loading it unpickles nothing and
+needs neither torch nor Ray. A run without that export (RLlib's DQN module today) gets no MLflow model.
+
 ``log_policy_model`` stores the run's ``policy.json`` and ``policy/`` (what ``splitlab serve`` reads) as the
 model's artifacts, with a signature and an input example, under the run's ``policy_model`` artifact path,
 and optionally registers it (``models:/<name>/<version>``). The raw folders stay logged as well, so
@@ -12,41 +16,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
+
+from splitlab import policy_net
+from splitlab.policy_net import NET_FILE, weights_file
 
 ARTIFACT_PATH = "policy_model"
 """Where in the run the pyfunc model goes."""
-
-
-class SplitPolicyModel(mlflow.pyfunc.PythonModel):
-    """Observation rows [N, F] -> split points k [N] (the greedy action of the trained RLlib module)."""
-
-    def load_context(self, context: Any) -> None:
-        from ray.rllib.core.rl_module.rl_module import RLModule
-
-        folder = Path(context.artifacts["run"])
-        self.info = json.loads((folder / "policy.json").read_text())
-        self.module = RLModule.from_checkpoint(str((folder / "policy").resolve()))  # RLlib wants absolute paths
-
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
-        import torch
-        from ray.rllib.core.columns import Columns
-
-        obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))  # [N, F]
-        with torch.no_grad():
-            logits = self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]  # [N, A]
-        return np.asarray(self.info["candidate_ks"])[logits.argmax(-1).numpy()]
+MODEL_CODE = Path(__file__).with_name("policy_pyfunc.py")
+"""The model's code (MLflow runs it when loading; never imported here: it calls ``set_model``)."""
 
 
 def _requirements() -> list[str]:
     """The pinned packages the model needs (given, not inferred: inference reloads the model in a subprocess)."""
     from importlib import metadata
 
-    return [f"{name}=={metadata.version(dist)}" for name, dist in
-            (("mlflow", "mlflow"), ("torch", "torch"), ("ray[rllib]", "ray"), ("pandas", "pandas"))]
+    return [f"{name}=={metadata.version(name)}" for name in ("mlflow", "numpy", "pandas", "safetensors")]
 
 
 def log_policy_model(run_dir: str | Path, register_as: str | None = None) -> str:
@@ -59,6 +45,9 @@ def log_policy_model(run_dir: str | Path, register_as: str | None = None) -> str
     from splitlab.envs.wireless import FEATURE_NAMES, Observer
 
     run_dir = Path(run_dir)
+    if weights_file(run_dir) is None:
+        raise ValueError(f"{run_dir} has no pickle-free policy export ({NET_FILE} + weights); only exported "
+                         "policies are logged as MLflow models")
     info = json.loads((run_dir / "policy.json").read_text())
     if info.get("observer") is None:
         raise ValueError(f"{run_dir} holds a policy of env {info.get('env')!r}, preset {info.get('preset')!r}; "
@@ -72,16 +61,18 @@ def log_policy_model(run_dir: str | Path, register_as: str | None = None) -> str
 
     from splitlab.serve.policy_source import POLICY_PARTS
 
-    for part in POLICY_PARTS:  # what serve loads: the info, the pickle-free export if any, RLlib's policy/
+    for part in POLICY_PARTS:  # what serve loads: the info and the pickle-free export (not RLlib's pickled policy/)
+        if part == "policy":
+            continue
         if (run_dir / part).is_dir():
             shutil.copytree(run_dir / part, staging / part, dirs_exist_ok=True)
         elif (run_dir / part).is_file():
             shutil.copy(run_dir / part, staging / part)
     try:
-        model = SplitPolicyModel()
         ks = np.asarray(info["candidate_ks"])[:len(example)]
         model_info = mlflow.pyfunc.log_model(
-            name=ARTIFACT_PATH, python_model=model, artifacts={"run": str(staging)},
+            name=ARTIFACT_PATH, python_model=str(MODEL_CODE), artifacts={"run": str(staging)},
+            code_paths=[str(Path(policy_net.__file__))],
             signature=infer_signature(example, ks), input_example=example,
             metadata={"observation": {"features": list(FEATURE_NAMES), "observer": info["observer"],
                                       "note": "one row per decision: the wireless env's observation; output: k"},

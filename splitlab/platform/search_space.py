@@ -41,7 +41,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from splitlab.config import ConfigModel, Float, PositiveInt, Str, validate
+from splitlab.config import ConfigModel, Float, Int, PositiveInt, Str, validate
 
 from splitlab.dotted import set_dotted
 
@@ -130,6 +130,8 @@ class SweepSpec(ConfigModel):
     """Trials per grid point (Tune's num_samples): repeats of the grid, each drawing the distributions anew."""
     max_concurrent_trials: PositiveInt | None = None
     """Trials running at once; None lets Tune fill the cluster's CPUs."""
+    max_failures: Annotated[Int, Field(ge=0, le=100)] = 2
+    """Times a failed trial (a lost node, a killed worker) is restarted from its last checkpoint; 0: never."""
     cpus_per_trial: Annotated[Float, Field(gt=0, le=1024)] = 1.0
     """CPUs reserved per trial; fractions are fine (a 2-core machine runs 4 trials at 0.5)."""
     storage_path: Annotated[Str, Field(min_length=1)] = "runs/sweeps"

@@ -194,7 +194,7 @@ def _reporter(metric: str | None) -> Callable[[Mapping[str, Any]], None]:
 
     last: dict[str, float] = {}
 
-    def report(metrics: Mapping[str, Any]) -> None:
+    def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> None:
         metrics = dict(metrics)
         if metric is not None:
             if metric in metrics:
@@ -205,7 +205,7 @@ def _reporter(metric: str | None) -> Callable[[Mapping[str, Any]], None]:
                 raise ValueError(f"sweep.metric {metric!r} is not among this trial's iteration metrics "
                                  f"{sorted(metrics)}; a scheduler or model-based searcher needs it every iteration: "
                                  "pick one of those, or set evaluation.every: 1 for policy/return_vs_oracle")
-        tune.report(metrics)
+        tune.report(metrics, checkpoint=checkpoint)
 
     return report
 
@@ -230,9 +230,10 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
     ctx_tune = tune.get_context()
     spec = apply_overrides(base, resolve_method(config, methods))
     trial_name = ctx_tune.get_trial_name()
-    if "://" not in experiment_dir and Path(experiment_dir).is_dir():
+    shared = "://" not in experiment_dir and Path(experiment_dir).is_dir()
+    if shared:
         out_dir = Path(experiment_dir) / trial_name / "run"
-    else:  # remote storage: the run lives on this node; only its final results travel (as the checkpoint)
+    else:  # remote storage: the run lives on this node; its resume state travels as Tune checkpoints
         out_dir = Path(tempfile.mkdtemp(prefix=f"splitlab-{trial_name}-")) / "run"
     out_dir.mkdir(parents=True, exist_ok=True)
     restore_dir = None
@@ -248,7 +249,8 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
         quality = spec.get("quality")
         if isinstance(quality, dict) and quality.get("kind") == "live" and quality.get("store", "auto") == "auto":
             quality["store"] = measurements  # env runners (other processes) build the live model from the spec
-    ctx = TrialContext(out_dir=out_dir, report=_reporter(metric), trial_name=trial_name, restore_dir=restore_dir)
+    report = _reporter(metric) if shared else _checkpointing_reporter(_reporter(metric), out_dir)
+    ctx = TrialContext(out_dir=out_dir, report=report, trial_name=trial_name, restore_dir=restore_dir)
     final = dict(resolve_trial_fn(trial_fn)(spec, ctx) or {})
     stage = _stage_artifacts(out_dir, spec)
     try:
@@ -257,6 +259,29 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
         import shutil
 
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _checkpointing_reporter(report: Callable[..., None], out_dir: Path) -> Callable[[Mapping[str, Any]], None]:
+    """``report`` that also hands the run folder to Tune each time training wrote a new checkpoint.
+
+    On remote storage (s3, or a folder this node cannot see) the run folder is node-local: without these
+    checkpoints a trial restarted on another node (its node lost) would train from scratch.
+    """
+    from ray import tune
+
+    from splitlab.platform.run_state import RunState
+
+    saved = {"iteration": -1}
+
+    def report_and_checkpoint(metrics: Mapping[str, Any]) -> None:
+        state = RunState.load(out_dir)
+        if state is None or state.iteration == saved["iteration"] or state.checkpoint_dir(out_dir) is None:
+            report(metrics)
+            return
+        saved["iteration"] = state.iteration
+        report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))  # copied to storage here
+
+    return report_and_checkpoint
 
 
 @dataclass
@@ -414,5 +439,6 @@ def _new_tuner(plan: SweepPlan, trainable, callback, path: str, verbose: int):
                                     trial_name_creator=lambda t: f"{sweep.name}_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{sweep.name}_{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[callback], verbose=verbose,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
     )

@@ -212,7 +212,8 @@ class TrainingRun:
         try:
             files["policy_weights"] = str(export_policy(module, run_dir))  # what `splitlab serve` loads, no pickle
         except ValueError as err:  # a module the export does not know (RLlib's DQN module today)
-            self._say(f"no pickle-free policy export ({err}); serving this run needs trust_checkpoint")
+            self._say(f"no pickle-free policy export ({err}); serving this run needs trust_checkpoint, and it "
+                      "is not logged as an MLflow model")
         files["policy"] = str(policy_dir)
         files.update(self.mode.write_outputs())
         surrogate = self.mode.surrogate
@@ -236,7 +237,7 @@ class TrainingRun:
                                + [files[role] for role in ("k_plot", "learning_curve", "results")],
                                {"policy": files["policy"]})
         if self.tracker.enabled and spec.tracking.log_model and spec.env_kind == "split" \
-                and spec.env.preset == "wireless":
+                and spec.env.preset == "wireless" and "policy_weights" in files:  # the model is the export
             from splitlab.platform.policy_model import log_policy_model
 
             files["policy_model"] = log_policy_model(run_dir, spec.tracking.register_policy)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from ray import serve
 
+from splitlab.policy_net import NET_FILE, NET_FORMAT, WEIGHT_FILES, load_net, logits, output_size, weights_file
 from splitlab.serve.config import ServeConfig, model_facts
 
 
@@ -107,11 +108,6 @@ class RLlibRule:
         return int(self.candidate_ks[int(logits.argmax(-1)[0])])
 
 
-NET_FILE = "policy_net.json"
-"""The network of an exported policy: its layers in order, naming the tensors of the weights file."""
-WEIGHT_FILES = ("policy.safetensors", "policy.npz")
-"""Exported policy weights, read without pickle (safetensors, or numpy with ``allow_pickle=False``)."""
-NET_FORMAT = "splitlab-policy-mlp/1"
 ACTIVATIONS = {"Tanh": "tanh", "ReLU": "relu", "SiLU": "silu", "Sigmoid": "sigmoid", "ELU": "elu", "Identity": None}
 
 
@@ -121,15 +117,11 @@ def policy_run_dir(path: str | Path) -> Path:
 
     path = Path(resolve_policy_source(str(path))).expanduser()  # runs:/, models:/, s3://... downloaded once
     for folder in (path, path.parent):
-        if (folder / POLICY_FILE).exists() and ((folder / "policy").is_dir() or _weights_file(folder)):
+        if (folder / POLICY_FILE).exists() and ((folder / "policy").is_dir() or weights_file(folder)):
             return folder
     raise FileNotFoundError(f"policy_checkpoint {str(path)!r} is not a `splitlab train` run: expected a folder "
                             f"holding {POLICY_FILE} and the exported policy ({NET_FILE} + {' or '.join(WEIGHT_FILES)}) "
                             f"or policy/ (the run folder, e.g. runs/train/dyna, or its policy/ folder)")
-
-
-def _weights_file(folder: Path) -> Path | None:
-    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
 
 
 def _greedy_path(module) -> list:
@@ -182,27 +174,16 @@ class MLPRule:
     name = "policy"
 
     def __init__(self, layers: list[dict], tensors: Mapping[str, np.ndarray], candidate_ks: Sequence[int], observer):
-        self.layers, self.candidate_ks, self.observer = layers, list(candidate_ks), observer
-        self.tensors = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+        self.layers, self.tensors, self.candidate_ks, self.observer = layers, dict(tensors), list(candidate_ks), observer
 
     def observation(self, features: Mapping[str, Any]) -> np.ndarray:
         return self.observer.features(float(features["snr_db"]), 0.0, 0, REQUEST_UE_BUDGET)
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
-        x = np.asarray(obs, dtype=np.float64)
-        for layer in self.layers:
-            if "linear" in layer:
-                x = self.tensors[layer["linear"] + ".weight"] @ x + self.tensors[layer["linear"] + ".bias"]
-            else:
-                x = _ACTIVATE[layer["activation"]](x)
-        return x
+        return logits(self.layers, self.tensors, obs)
 
     def __call__(self, features: Mapping[str, Any]) -> int:
         return int(self.candidate_ks[int(np.argmax(self.logits(self.observation(features))))])
-
-
-_ACTIVATE = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-             "silu": lambda x: x / (1.0 + np.exp(-x)), "elu": lambda x: np.where(x > 0, x, np.expm1(x))}
 
 
 def load_mlp_rule(path: str | Path, num_layers: int) -> MLPRule:
@@ -210,30 +191,12 @@ def load_mlp_rule(path: str | Path, num_layers: int) -> MLPRule:
     from splitlab.envs.wireless import Observer
 
     info = _checked_info(path, num_layers)
-    folder = policy_run_dir(path)
-    weights = _weights_file(folder)
-    if weights is None or not (folder / NET_FILE).is_file():
-        raise FileNotFoundError(f"policy_checkpoint {str(path)!r} has no exported policy ({NET_FILE} + "
-                                f"{' or '.join(WEIGHT_FILES)})")
-    net = json.loads((folder / NET_FILE).read_text())
-    if net.get("format") != NET_FORMAT:
-        raise ValueError(f"{folder / NET_FILE} has format {net.get('format')!r}; expected {NET_FORMAT!r}")
-    if weights.suffix == ".npz":
-        with np.load(weights, allow_pickle=False) as data:  # refuses object arrays: no pickle
-            tensors = {k: data[k] for k in data.files}
-    else:
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(weights))
-    layers = net["layers"]
-    for layer in layers:
-        if "activation" in layer and layer["activation"] not in _ACTIVATE:
-            raise ValueError(f"{folder / NET_FILE}: activation {layer['activation']!r} is not one of {sorted(_ACTIVATE)}")
-        if "linear" in layer and f"{layer['linear']}.weight" not in tensors:
-            raise ValueError(f"{weights} lacks the tensor {layer['linear']}.weight that {NET_FILE} names")
-    outputs = [layer["out"] for layer in layers if "linear" in layer]
-    if not outputs or outputs[-1] != len(info["candidate_ks"]):
-        raise ValueError(f"policy_checkpoint's network has {outputs[-1] if outputs else 0} outputs but its "
+    try:
+        layers, tensors = load_net(policy_run_dir(path))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"policy_checkpoint {str(path)!r}: {err}") from err
+    if output_size(layers) != len(info["candidate_ks"]):
+        raise ValueError(f"policy_checkpoint's network has {output_size(layers)} outputs but its "
                          f"{POLICY_FILE} lists {len(info['candidate_ks'])} candidate splits")
     return MLPRule(layers, tensors, info["candidate_ks"], Observer.from_dict(info["observer"]))
 
@@ -241,7 +204,7 @@ def load_mlp_rule(path: str | Path, num_layers: int) -> MLPRule:
 def load_policy_rule(path: str | Path, num_layers: int, trust_checkpoint: bool = False) -> SplitRule:
     """The exported policy of a run; RLlib's pickled checkpoint only with ``trust_checkpoint``."""
     folder = policy_run_dir(path)
-    if _weights_file(folder) is not None:
+    if weights_file(folder) is not None:
         return load_mlp_rule(folder, num_layers)
     if not trust_checkpoint:
         raise ValueError(f"policy_checkpoint {str(path)!r} holds only RLlib's checkpoint (policy/), which is "
