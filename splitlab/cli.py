@@ -111,6 +111,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         for path, value in sweep.params.items():
             print(f"  {path}: {value.kind} {value.args}" if hasattr(value, "kind") else f"  {path}: {value!r} (fixed)")
+        for name, settings in (sweep.methods or {}).items():
+            print(f"  method {name}: " + ", ".join(f"{p}={v!r}" for p, v in settings.items()))
         return 0
     from splitlab.platform.sweep import run_sweep
 

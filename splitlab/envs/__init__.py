@@ -10,6 +10,7 @@ from typing import Any
 
 from splitlab.envs.config import PRESETS, SplitEnvConfig, make_dynamics
 from splitlab.envs.device import DeviceModel, Latency
+from splitlab.envs.paper_dp import PaperDP, PaperPlan
 from splitlab.envs.policies import (
     FixedKPolicy,
     OraclePolicy,
@@ -49,7 +50,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ENV_NAMES", "PRESETS", "REWARD_MODEL_KINDS", "RLLIB_ENV_IDS", "DeviceModel", "FixedKPolicy", "GridRewardModel",
-    "Latency", "LiveLLMRewardModel", "MultiUserConfig", "MultiUserSplitEnv", "OraclePolicy", "Policy", "QualityGrid",
+    "Latency", "LiveLLMRewardModel", "MultiUserConfig", "MultiUserSplitEnv", "OraclePolicy", "PaperDP",
+    "PaperPlan", "Policy", "QualityGrid",
     "RandomPolicy", "RewardModel", "RewardTerms", "SHARED_MODULE_ID", "SplitEnv", "SplitEnvConfig",
     "SurrogateRewardModel", "as_policy", "evaluate_policy", "held_out_traces", "make_dynamics", "make_env",
     "make_reward_model", "paper_reward", "reference_policies", "register_envs", "register_reward_model", "rollout",

@@ -7,7 +7,7 @@ best achievable with the reward model's true values, an upper bound rather than 
 - :class:`RandomPolicy`: a uniform action from its own seeded generator.
 - :class:`OraclePolicy`: wireless: the best candidate per step from the true SNR (the reward does
   not depend on earlier actions, so greedy is optimal); paper: dynamic programming over the
-  remaining steps of the deterministic (rho, k) dynamics.
+  remaining steps of the deterministic (rho, k) dynamics (:class:`~splitlab.envs.paper_dp.PaperDP`).
 
 ``evaluate_policy(env_config, policy, seeds=..., traces=...)`` returns the mean episode return;
 :func:`held_out_traces` draws channel traces from a seed stream apart from training's.
@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from splitlab.envs.config import EPISODE_LEN, SplitEnvConfig, make_dynamics
+from splitlab.envs.paper_dp import PaperDP
 from splitlab.envs.split_env import SplitEnv
 
 HELD_OUT_SEED = 1_000_003
@@ -105,37 +106,14 @@ class OraclePolicy:
         return "OraclePolicy()"
 
     def reset(self, env: SplitEnv) -> None:
-        self._values: dict[tuple[int, int, float], tuple[float, int]] = {}
+        # One DP memo per env: its values depend only on the env's reward model and settings.
+        if env.config.preset == "paper" and (getattr(self, "_dp", None) is None or self._dp.env is not env):
+            self._dp = PaperDP(env)
 
     def act(self, obs: np.ndarray, env: SplitEnv) -> int:
         if env.config.preset == "wireless":
             return int(np.argmax(env.action_rewards()))
-        return self._plan(env, env.t, env.rho, env.k)[1]
-
-    def _plan(self, env: SplitEnv, t: int, rho: float, k: int) -> tuple[float, int]:
-        """(best return from step t on, first action) by dynamic programming over (t, k, rho).
-
-        rho depends only on how many moves went up and down, so the memo stays small
-        (about L x t^2 states); rounding merges paths that differ only in float rounding.
-        """
-        if t >= env.episode_len:
-            return 0.0, 0
-        key = (t, k, round(rho, 12))
-        hit = self._values.get(key)
-        if hit is not None:
-            return hit
-        best = (-np.inf, 0)
-        seen: set[int] = set()
-        for a in range(env.action_space.n):
-            rho2, k2 = env.transition(rho, k, a)
-            if k2 in seen:  # clipped moves that land on the same k are the same action
-                continue
-            seen.add(k2)
-            value = env.paper_terms(rho2, k2)[0].total + self._plan(env, t + 1, rho2, k2)[0]
-            if value > best[0]:
-                best = (value, a)
-        self._values[key] = best
-        return best
+        return self._dp.best(env.t, env.rho, env.k)[1]
 
 
 def reference_policies(env: SplitEnv, seed: int = 0) -> dict[str, Policy]:

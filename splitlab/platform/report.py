@@ -3,9 +3,13 @@
 A sweep is found by its tag ``splitlab.sweep`` (the name; the newest sweep id with that name when the
 name was reused) or ``splitlab.sweep_id``. The swept params split into the network condition (every
 swept param outside the algorithm sections: mean SNR, fading, bandwidth, users, reward weights) and
-the method (algorithm, surrogate and training settings). Per condition the report names the best
-trial (highest policy return), its return against the oracle's, how many real LLM evaluations it
-spent and which split it chose, then writes ``trials.csv``, ``best_per_condition.csv`` and the plots.
+the method (algorithm, surrogate and training settings, a ``sweep.methods`` name). When a seed is swept
+(``--aggregate seed``, the default then) it prints the mean and 95% t-interval over seeds per condition
+and method, and draws learning curves with 95% bands over seeds (``seed_curves.png``, from each trial's
+per-iteration history); otherwise (``--aggregate best``) it names the best trial per condition (highest
+policy return), its return against the oracle's, how many real LLM evaluations it spent and which split
+it chose. It writes ``trials.csv``, ``best_per_condition.csv``, ``seed_aggregate.csv``,
+``seed_curves.csv`` and the plots, and logs the tables and plots to the sweep's MLflow parent run.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Any
 
 from splitlab.platform.tracking import TAG_SWEEP, TAG_SWEEP_ID
 
-METHOD_SECTIONS = ("algorithm", "surrogate", "mbrl", "training", "train", "dyna", "ppo", "dqn", "seed", "mode")
+METHOD_SECTIONS = ("algorithm", "surrogate", "mbrl", "training", "train", "dyna", "ppo", "dqn", "seed", "mode", "method")
 """Top-level spec sections whose swept params describe the method, not the network condition."""
 RETURN_KEYS = ("policy/return", "eval/return", "policy/eval_return")
 ORACLE_KEYS = ("oracle/return", "baseline/oracle_return", "eval/oracle_return", "policy/oracle_return")
@@ -29,6 +33,8 @@ RATIO_KEYS = ("policy/return_ratio",)
 EVALS_KEYS = ("mbrl/real_evals", "mbrl/real_evaluations")
 K_KEYS = ("policy/mean_k", "cost/ue_layers", "policy/k_mean")
 """Metric names looked up in order (the first one a run has is used)."""
+CURVE_KEYS = ("policy/return_vs_oracle", "policy/return", "policy/train_return")
+"""Per-iteration metrics drawn as learning curves over seeds: the first one the trials log at 2+ steps."""
 
 
 @dataclass
@@ -42,6 +48,8 @@ class TrialRow:
     metrics: dict[str, float]
     condition: tuple = ()
     method: tuple = ()
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    """Per-iteration values of CURVE_KEYS and the real-evaluation count: metric -> [(step, value)]."""
 
     def first(self, keys: Sequence[str]) -> float | None:
         for k in keys:
@@ -113,6 +121,45 @@ class SweepReport:
                 row[f"{name}_ci95"] = ci95(values) if values else None
             rows.append(row)
         return rows
+
+    def curve_key(self) -> str | None:
+        """The learning-curve metric: the first of CURVE_KEYS that some finished trial logged at 2+ steps."""
+        for key in CURVE_KEYS:
+            if any(len(t.history.get(key, ())) >= 2 for t in self.trials if t.status == "FINISHED"):
+                return key
+        return None
+
+    def aggregate_curves(self) -> list[dict[str, Any]]:
+        """Learning curves per (condition, method without the seed): at every step any seed logged, the mean
+        and 95% t-interval half-width of ``curve_key()`` over the seeds that logged it (``n`` of them), and
+        the mean real evaluations spent by then (None where no trial logs them)."""
+        from splitlab.platform.statistics import ci95
+
+        key = self.curve_key()
+        if key is None:
+            return []
+        keep = [i for i, k in enumerate(self.method_keys) if k not in self.seed_keys]
+        groups: dict[tuple, list[TrialRow]] = {}
+        for t in self.trials:
+            if t.status == "FINISHED" and t.history.get(key):
+                groups.setdefault((t.condition, tuple(t.method[i] for i in keep)), []).append(t)
+        out = []
+        for (condition, method), ts in sorted(groups.items(), key=lambda kv: (_sort_key(kv[0][0]), _sort_key(kv[0][1]))):
+            per_step: dict[int, list[float]] = {}
+            evals: dict[int, list[float]] = {}
+            for t in ts:
+                for step, value in t.history[key]:
+                    per_step.setdefault(int(step), []).append(float(value))
+                for step, value in t.history.get(EVALS_KEYS[0], ()):
+                    evals.setdefault(int(step), []).append(float(value))
+            steps = sorted(per_step)
+            out.append({"condition": condition, "method": method, "metric": key, "step": steps,
+                        "n": [len(per_step[s]) for s in steps],
+                        "mean": [float(sum(per_step[s]) / len(per_step[s])) for s in steps],
+                        "ci95": [ci95(per_step[s]) for s in steps],
+                        "real_evals_mean": [float(sum(evals[s]) / len(evals[s])) if s in evals else None
+                                            for s in steps]})
+        return out
 
     def best_per_condition(self) -> list[TrialRow]:
         """The highest-return finished trial for each network condition, conditions in sorted order."""
@@ -192,8 +239,19 @@ def build_report(sweep: str, tracking_uri: str | None = None, by: Sequence[str] 
                                method=tuple(_typed(params.get(k)) for k in method_keys)))
     trials.sort(key=lambda t: (_sort_key(t.condition), _sort_key(t.method)))
     tags = runs[0].data.tags
-    return SweepReport(sweep=tags.get(TAG_SWEEP, sweep), sweep_id=tags.get(TAG_SWEEP_ID, "?"),
-                       condition_keys=condition_keys, method_keys=method_keys, trials=trials)
+    report = SweepReport(sweep=tags.get(TAG_SWEEP, sweep), sweep_id=tags.get(TAG_SWEEP_ID, "?"),
+                         condition_keys=condition_keys, method_keys=method_keys, trials=trials)
+    if report.seed_keys:  # learning curves over seeds: each trial's per-iteration history
+        from mlflow.tracking import MlflowClient
+
+        from splitlab.platform.tracking import tracking_uri as resolve_uri
+
+        client = MlflowClient(tracking_uri=resolve_uri(tracking_uri))
+        for t in trials:
+            for key in (*CURVE_KEYS, EVALS_KEYS[0]):
+                if key in t.metrics:
+                    t.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(t.run_id, key))
+    return report
 
 
 def _typed(v: str | None) -> Any:
@@ -297,6 +355,17 @@ def write_outputs(report: SweepReport, out: Path) -> list[Path]:
             for r in rows:
                 writer.writerow([*r["condition"], *r["method"], *(r[s] if s != "seeds" else " ".join(r[s])
                                                                   for s in stats)])
+        curves = report.aggregate_curves()
+        if curves:
+            files.append(out / "seed_curves.csv")
+            with files[-1].open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow([*report.condition_keys, *(k for k in report.method_keys if k not in report.seed_keys),
+                                 "metric", "step", "n", "mean", "ci95", "real_evals_mean"])
+                for c in curves:
+                    for i, step in enumerate(c["step"]):
+                        writer.writerow([*c["condition"], *c["method"], c["metric"], step, c["n"][i], c["mean"][i],
+                                         c["ci95"][i], c["real_evals_mean"][i]])
     metric_keys = sorted({k for t in report.trials for k in t.metrics})
     for path, trials in ((files[0], report.trials), (files[1], report.best_per_condition())):
         with path.open("w", newline="") as f:
@@ -337,6 +406,14 @@ def log_to_parent(report: SweepReport, files: Sequence[Path], tracking_uri: str 
                       for i, k in enumerate(k for k in report.method_keys if k not in report.seed_keys)})
         table.update({s: [r[s] for r in rows] for s in ("n", "score_mean", "score_ci95", "return_mean", "return_ci95")})
         client.log_table(run_id, table, "report/seed_aggregate.json")
+        curves = report.aggregate_curves()
+        if curves:
+            names = [k.replace("/", ".") for k in report.condition_keys + report.method_keys if k not in report.seed_keys]
+            flat = [(c, i) for c in curves for i in range(len(c["step"]))]
+            table = {n: [str((c["condition"] + c["method"])[j]) for c, _ in flat] for j, n in enumerate(names)}
+            table.update({s: [c[s] if s == "metric" else c[s][i] for c, i in flat]
+                          for s in ("metric", "step", "n", "mean", "ci95", "real_evals_mean")})
+            client.log_table(run_id, table, "report/seed_curves.json")
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="report")
     return run_id
@@ -404,6 +481,8 @@ def plot_report(report: SweepReport, out: Path) -> list[Path]:
         files.append(out / f"vs_{_short_key(key)}.png")
         fig.savefig(files[-1], dpi=120)
         plt.close(fig)
+    if report.seed_keys:
+        files += plot_seed_aggregate(report, out)
     with_evals = [t for t in finished if t.real_evals is not None]
     if with_evals:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -415,6 +494,63 @@ def plot_report(report: SweepReport, out: Path) -> list[Path]:
             ax.set_xscale("symlog")
         fig.tight_layout()
         files.append(out / "evals_vs_return.png")
+        fig.savefig(files[-1], dpi=120)
+        plt.close(fig)
+    return files
+
+
+def _group_label(report: SweepReport, condition: tuple, method: tuple) -> str:
+    names = [_short_key(k) for k in report.condition_keys] + [_short_key(k) for k in report.method_keys
+                                                              if k not in report.seed_keys]
+    return ",".join(f"{n}={_fmt(v)}" for n, v in zip(names, condition + method)) or "trials"
+
+
+def plot_seed_aggregate(report: SweepReport, out: Path) -> list[Path]:
+    """seed_aggregate.png (score mean +- 95% CI per condition and method) and, when the trials log per
+    iteration, seed_curves.png (mean curve with a 95% band over seeds, against iterations and, where
+    logged, real LLM evaluations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    rows = report.aggregate_by_seed()
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.8))
+        ax.bar(range(len(rows)), [r["score_mean"] for r in rows], yerr=[r["score_ci95"] or 0.0 for r in rows],
+               capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(rows)), [f"{_group_label(report, r['condition'], r['method'])}\n(n={r['n']})"
+                                         for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(_score_label(report.trials) + ", mean +- 95% CI")
+        ax.set_title(f"{report.sweep}: mean over seeds per method")
+        fig.tight_layout()
+        files.append(out / "seed_aggregate.png")
+        fig.savefig(files[-1], dpi=120)
+        plt.close(fig)
+    curves = report.aggregate_curves()
+    if curves:
+        with_evals = any(v is not None for c in curves for v in c["real_evals_mean"])
+        fig, axes = plt.subplots(1, 2 if with_evals else 1, figsize=(11 if with_evals else 6, 3.8), squeeze=False)
+        for c in curves:
+            label = _group_label(report, c["condition"], c["method"])
+            mean, band = [float(v) for v in c["mean"]], [float(v) for v in c["ci95"]]
+            lo, hi = [m - b for m, b in zip(mean, band)], [m + b for m, b in zip(mean, band)]
+            xs = [(c["step"], "training iteration")]
+            if with_evals:
+                xs.append(([v if v is not None else float("nan") for v in c["real_evals_mean"]],
+                           "real LLM evaluations (mean over seeds)"))
+            for ax, (x, xlabel) in zip(axes[0], xs):
+                line, = ax.plot(x, mean, marker=".", label=label)
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(f"{curves[0]['metric']} (95% band over seeds)")
+        if with_evals and max((v or 0.0) for c in curves for v in c["real_evals_mean"]) > 100:
+            axes[0][1].set_xscale("symlog")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{report.sweep}: learning curves, mean over seeds")
+        fig.tight_layout()
+        files.append(out / "seed_curves.png")
         fig.savefig(files[-1], dpi=120)
         plt.close(fig)
     return files

@@ -15,10 +15,16 @@ A spec is the YAML that ``splitlab train`` runs; a sweep spec adds one section::
         env.w_l: {uniform: [0.0, 1.0]}
         env.dynamics.fading: {choice: [none, rayleigh]}
         algorithm.seed: {randint: [0, 1000]}     # low inclusive, high exclusive (Tune's randint)
+      methods:                         # optional: named bundles of settings, one more grid axis
+        dyna: {mode: dyna}
+        dqn: {mode: model_free, algorithm.name: dqn}
 
 Every path becomes a nested key of Tune's ``param_space`` (``algorithm.lr`` -> ``{"algorithm": {"lr": ...}}``),
 so a trial's config is a partial spec that :func:`apply_overrides` merges over the base spec, and MLflow
-params read ``algorithm/lr``. Everything is checked here, before Ray starts; errors name the field.
+params read ``algorithm/lr``. ``methods`` compares settings that must change together (a training mode
+with its algorithm): the trial config carries ``method: NAME`` (the MLflow param ``method``) and
+:func:`resolve_method` swaps it for that method's overrides before the merge, so ``methods x seeds`` is
+one sweep. Everything is checked here, before Ray starts; errors name the field.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import itertools
 import math
 import numbers
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -50,6 +57,8 @@ SCHEDULERS = {"fifo": "fifo", "asha": "async_hyperband", "async_hyperband": "asy
 """Scheduler names accepted -> Tune's ``create_scheduler`` name. Population-based schedulers are left
 out: they need trials that restore mid-run from a mutated config, which a split-policy trial is not."""
 MODES = ("max", "min")
+METHOD_KEY = "method"
+"""The trial-config key (and MLflow param) naming a trial's entry of ``sweep.methods``."""
 
 
 @dataclass
@@ -133,6 +142,10 @@ class SweepSpec(ConfigModel):
     """Dotted spec path -> a search domain (``{grid_search: [...]}``, ``{choice: [...]}``, ``{uniform: [low,
     high]}``, ``{loguniform: [low, high]}``, ``{randint: [low, high]}``) or a plain value (a fixed override
     for every trial)."""
+    methods: dict[str, dict[str, Any]] | None = None
+    """Named methods compared in one sweep: name -> {dotted spec path: value} set together (e.g. ``mode`` and
+    ``algorithm.name``). A grid axis crossed with ``params`` (trial config and MLflow param ``method``); a
+    method may not set a path that ``params`` sets. None: no method axis."""
 
     @field_validator("searcher")
     @classmethod
@@ -148,6 +161,42 @@ class SweepSpec(ConfigModel):
         params = {str(path): parse_domain(f"sweep.params.{path}", value) for path, value in raw.items()}
         _check_paths(params)
         return params
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, raw: Any) -> Any:
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping) or not raw:
+            raise ValueError("must map method names to {dotted spec path: value}, e.g. "
+                             "{'dyna': {'mode': 'dyna'}, 'dqn': {'mode': 'model_free', 'algorithm.name': 'dqn'}}")
+        out = {}
+        for name, settings in raw.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(f"method name {name!r} must be letters, digits, '_', '-', '.'")
+            if not isinstance(settings, Mapping) or not settings:
+                raise ValueError(f"method {name!r} must map dotted spec paths to values, got {settings!r}")
+            for path, value in settings.items():
+                if isinstance(parse_domain(f"sweep.methods.{name}.{path}", value), Domain):
+                    raise ValueError(f"method {name!r} sets {path!r} to a search domain; a method's values are fixed "
+                                     "(sweep a value in params instead)")
+            _check_paths(settings)
+            out[str(name)] = {str(p): v for p, v in settings.items()}
+        return out
+
+    @model_validator(mode="after")
+    def _methods_apart_from_params(self) -> SweepSpec:
+        if self.methods is None:
+            return self
+        if METHOD_KEY in self.params or any(p.startswith(METHOD_KEY + ".") for p in self.params):
+            raise ValueError(f"sweep.params cannot set {METHOD_KEY!r} when sweep.methods is given (it names the method)")
+        for name, settings in self.methods.items():
+            for path in settings:
+                clash = [p for p in self.params if p == path or p.startswith(path + ".") or path.startswith(p + ".")]
+                if clash:
+                    raise ValueError(f"method {name!r} sets {path!r}, which sweep.params also sets ({clash[0]!r}); "
+                                     "set it in one place")
+        return self
 
     @model_validator(mode="after")
     def _grid_searcher(self) -> SweepSpec:
@@ -169,8 +218,21 @@ class SweepSpec(ConfigModel):
         return {p: d for p, d in self.params.items() if isinstance(d, Domain)}
 
     def grid_points(self) -> int:
-        """Number of grid combinations (1 when nothing uses grid_search)."""
-        return math.prod(len(d.args) for d in self.swept.values() if d.kind == "grid_search")
+        """Number of grid combinations, methods included (1 when nothing uses grid_search or methods)."""
+        return math.prod(len(d.args) for d in self.swept.values() if d.kind == "grid_search") * len(
+            self.methods or {None: None})
+
+    def method_overrides(self) -> dict[str, dict] | None:
+        """Each method's settings as a nested override dict (what :func:`resolve_method` merges); None without methods."""
+        if self.methods is None:
+            return None
+        out = {}
+        for name, settings in self.methods.items():
+            nested: dict = {}
+            for path, value in settings.items():
+                set_dotted(nested, path, copy.deepcopy(value))
+            out[name] = nested
+        return out
 
     def trial_count(self) -> int:
         """How many trials the sweep runs: grid points x num_samples."""
@@ -181,6 +243,10 @@ class SweepSpec(ConfigModel):
         out: dict = {}
         for path, value in self.params.items():
             set_dotted(out, path, value.to_tune() if isinstance(value, Domain) else copy.deepcopy(value))
+        if self.methods is not None:
+            from ray import tune
+
+            out[METHOD_KEY] = tune.grid_search(list(self.methods))
         return out
 
     def representative_overrides(self, limit: int = 64) -> list[dict]:
@@ -204,6 +270,9 @@ class SweepSpec(ConfigModel):
             for path, value in zip(paths, combo):
                 set_dotted(nested, path, copy.deepcopy(value))
             out.append(nested)
+        methods = self.method_overrides()
+        if methods is not None:  # every method with every combination: settings may clash only together
+            out = [apply_overrides(nested, m) for nested in out for m in methods.values()]
         return out
 
     def to_dict(self) -> dict:
@@ -211,6 +280,21 @@ class SweepSpec(ConfigModel):
         out = self.model_dump(mode="json", exclude={"params"})
         out["params"] = {p: ({d.kind: d.args} if isinstance(d, Domain) else d) for p, d in self.params.items()}
         return out
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_method(config: Mapping, methods: Mapping[str, Mapping] | None) -> dict:
+    """A trial's Tune config with ``method: NAME`` replaced by that method's nested overrides (see
+    :meth:`SweepSpec.method_overrides`); a config without the key is returned as is."""
+    config = dict(config)
+    if METHOD_KEY not in config or methods is None:
+        return config
+    name = config.pop(METHOD_KEY)
+    if name not in methods:
+        raise ValueError(f"trial config names method {name!r}; the sweep's methods are {sorted(methods)}")
+    return apply_overrides(config, methods[name])
 
 
 def _check_searcher(name: Any) -> str:

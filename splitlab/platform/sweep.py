@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from splitlab.dotted import flatten
-from splitlab.platform.search_space import SweepSpec, apply_overrides
+from splitlab.platform.search_space import SweepSpec, apply_overrides, resolve_method
 from splitlab.platform.spec import read_spec_file
 from splitlab.platform.tracking import TAG_SWEEP, TAG_SWEEP_ID, ensure_experiment  # noqa: F401  (the tags: re-exported)
 
@@ -71,8 +71,8 @@ class SweepPlan:
     """Where the spec came from (for messages)."""
 
     def trial_spec(self, overrides: Mapping) -> dict:
-        """The spec one trial runs: base with the trial's values merged in."""
-        return apply_overrides(self.base, overrides)
+        """The spec one trial runs: base with the trial's values (its method's settings expanded) merged in."""
+        return apply_overrides(self.base, resolve_method(overrides, self.sweep.method_overrides()))
 
 
 def validate_experiment(spec: Mapping) -> Any:
@@ -151,11 +151,11 @@ def trial_bundles(spec: Mapping, cpus_per_trial: float) -> list[dict[str, float]
     return bundles
 
 
-def _trial_resources(base: dict, cpus_per_trial: float, training: bool):
+def _trial_resources(base: dict, cpus_per_trial: float, training: bool, methods: Mapping | None = None):
     from ray import tune
 
     def resources(config: dict):
-        bundles = trial_bundles(apply_overrides(base, config), cpus_per_trial) if training else [
+        bundles = trial_bundles(apply_overrides(base, resolve_method(config, methods)), cpus_per_trial) if training else [
             {"CPU": float(cpus_per_trial)}]
         return tune.PlacementGroupFactory(bundles, strategy="PACK")
 
@@ -211,7 +211,7 @@ def _reporter(metric: str | None) -> Callable[[Mapping[str, Any]], None]:
 
 
 def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: str, experiment_dir: str,
-               metric: str | None = None, measurements: str | None = None) -> None:
+               metric: str | None = None, measurements: str | None = None, methods: Mapping | None = None) -> None:
     """The Tune function trainable: merge, run, and hand the results over as the final checkpoint.
 
     The run folder is ``<experiment_dir>/<trial>/run`` when the sweep's storage is a local path, so a
@@ -228,7 +228,7 @@ def _trainable(config: dict, base: dict, trial_fn: str | TrialFn, launch_dir: st
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     ctx_tune = tune.get_context()
-    spec = apply_overrides(base, config)
+    spec = apply_overrides(base, resolve_method(config, methods))
     trial_name = ctx_tune.get_trial_name()
     shared = "://" not in experiment_dir and Path(experiment_dir).is_dir()
     if shared:
@@ -385,8 +385,9 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, resume: bool = Fal
 
     trainable = tune.with_parameters(_trainable, base=plan.base, trial_fn=trial_fn, launch_dir=launch_dir,
                                      experiment_dir=path, metric=sweep.metric if needs_metric(sweep) else None,
-                                     measurements=measurements_root(path))
-    trainable = tune.with_resources(trainable, _trial_resources(plan.base, sweep.cpus_per_trial, trial_fn == TRIAL_FN))
+                                     measurements=measurements_root(path), methods=sweep.method_overrides())
+    trainable = tune.with_resources(trainable, _trial_resources(plan.base, sweep.cpus_per_trial, trial_fn == TRIAL_FN,
+                                                                sweep.method_overrides()))
     from splitlab.platform.sweep_callback import SweepMLflowCallback
 
     callback = SweepMLflowCallback(uri, sweep.name, sweep_id, sweep.experiment, parent)
