@@ -107,7 +107,10 @@ class EvaluationPool:
 
             # resolved here, in the trial, so actors (another working directory, maybe another node) agree
             self.reward_spec["store"] = resolve_store(self.reward_spec.get("store"))
-        self.decimals = int(self.reward_spec.get("decimals", 1)) if self.reward_spec.get("kind") == "live" else None
+        # The pool rounds as the model it fronts does: a live LLM (default 1 decimal) or a counted table (0).
+        kind = self.reward_spec.get("kind")
+        self.decimals = (int(self.reward_spec.get("decimals", 1 if kind == "live" else 0))
+                         if kind in ("live", "counted") else None)
         self.owns_actors = actors is None
         if actors is None:
             actor_cls = ray.remote(LLMEvaluator)
