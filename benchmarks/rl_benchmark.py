@@ -79,7 +79,7 @@ def grid_settings(quick: bool):
         train = GridSettings(model, "wiki", 128, 64, ks, tuple(float(v) for v in range(-12, 37)))
         return truth, train
     truth = GridSettings("smollm2", "lambada", 2048, 64, CANDIDATE_KS,
-                         (-4.0, 1.0, 5.0, 9.0, 13.0, 17.0, 24.0), (0, 1, 2))
+                         (-3.0, 3.0, 8.0, 13.0, 20.0), (0, 1, 2))
     train = GridSettings("smollm2", "wiki", 256, 64, CANDIDATE_KS, tuple(float(v) for v in range(-12, 37)))
     return truth, train
 
@@ -254,6 +254,24 @@ def gp_ucb(spec_dict: dict, scorer: Scorer, seed: int, budget: int, s_per_eval: 
             "llm_seconds": out["evals"] * s_per_eval, "wall_s": time.perf_counter() - start, "curve": curve}
 
 
+def measure_throughput(dyna: dict, base: dict, steps: int, logdir: Path) -> dict:
+    """Sampling on Dyna's final surrogate: one env runner alone vs two at once."""
+    from splitlab.mbrl.agents import algorithm_config, build_algorithm
+    from splitlab.mbrl.throughput import sampling_throughput
+    from splitlab.platform.run_env import env_config
+    from splitlab.platform.spec import ExperimentSpec
+
+    spec = ExperimentSpec.from_dict({**base, "name": "throughput",
+                                     "algorithm": {**base["algorithm"], "num_env_runners": 2,
+                                                   "envs_per_env_runner": 8}})
+    env = env_config(spec, {"kind": "surrogate", "path": str(Path(dyna["files"]["surrogate"]).resolve())})
+    algo = build_algorithm(algorithm_config(spec.algorithm, env), logdir)
+    try:
+        return {**sampling_throughput(algo, steps), "load_avg": os.getloadavg()}
+    finally:
+        algo.stop()
+
+
 # == summaries ======================================================================================
 def summarise(rows: list[dict], note: str = "") -> dict:
     from splitlab.mbrl.learning_curves import band, evals_to_score_summary
@@ -378,11 +396,18 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=80, help="Dyna's (and GP-UCB's, the grid's) real evaluations")
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes (50 steps each)")
     parser.add_argument("--methods", default=",".join(RL_METHODS + NON_RL), help="comma-separated subset")
+    parser.add_argument("--throughput", type=int, default=0, metavar="STEPS",
+                        help="also measure sampling throughput on Dyna's surrogate, 1 vs 2 env runners (STEPS each)")
     parser.add_argument("--tables-only", action="store_true", help="measure (or check) the two tables and stop")
     parser.add_argument("--remeasure", action="store_true", help="measure the tables again even if saved")
-    parser.add_argument("--out", default=str(RESULTS / "rl_benchmark.json"))
-    parser.add_argument("--plots", default=str(RESULTS), help="folder of the two plots")
+    parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/rl_benchmark.json; "
+                        "with --quick a temporary folder)")
+    parser.add_argument("--plots", default=None, help="folder of the two plots (default: the JSON's)")
     args = parser.parse_args()
+    if args.out is None:
+        folder = Path(tempfile.mkdtemp(prefix="splitlab-rl-quick-")) if args.quick else RESULTS
+        args.out = str(folder / "rl_benchmark.json")
+    args.plots = args.plots or str(Path(args.out).parent)
     if args.quick:
         args.seeds, args.iterations, args.batch, args.dqn_iterations, args.budget, args.episodes = 2, 2, 500, 1, 30, 4
         args.eval_every = 1
@@ -505,6 +530,9 @@ def main() -> None:
                     record(name, seed, lambda: designed_grid(design, scorer, s_per_eval))
                 elif name == "gp_ucb":
                     record(name, seed, lambda: gp_ucb({**base, "name": "gp"}, scorer, seed, args.budget, s_per_eval))
+            if seed == 0 and dyna is not None and args.throughput:
+                out["throughput"] = measure_throughput(dyna, base, args.throughput, work / "throughput")
+                write()
             if seed == 0 and dyna is not None:
                 from splitlab.serve.policy import load_mlp_rule
 
