@@ -62,6 +62,8 @@ CANDIDATE_KS = (3, 6, 9, 12, 15, 18, 21, 24, 27, 30)
 THRESHOLDS = (0.90, 0.95, 0.97)
 RL_METHODS = ("dyna_ppo", "paper_ppo", "model_free_ppo", "model_free_dqn")
 NON_RL = ("greedy_on_surrogate", "designed_grid", "gp_ucb")
+ORDER = ("dyna_ppo", "greedy_on_surrogate", "designed_grid", "gp_ucb", "paper_ppo", "model_free_ppo", "model_free_dqn")
+"""Cheap methods first within a seed, so that a cut-off run has every method at some seeds."""
 LABELS = {"dyna_ppo": "Dyna PPO (ours)", "paper_ppo": "paper-mode PPO", "model_free_ppo": "model-free PPO",
           "model_free_dqn": "model-free DQN", "greedy_on_surrogate": "greedy on Dyna's surrogate (no RL)",
           "designed_grid": "designed grid, greedy (paper's way, no RL)", "gp_ucb": "GP-UCB contextual bandit"}
@@ -119,6 +121,7 @@ def base_spec(args, tables: dict, work: Path, s_per_eval: float) -> dict:
     # workers per run cost more than they sampled, and Ray runs its workers niced.
     base["algorithm"].update({"iterations": args.iterations, "train_batch_size": args.batch,
                               "num_env_runners": 0, "envs_per_env_runner": 16})
+    base["surrogate"]["epochs"] = args.surrogate_epochs
     base["dyna"].update({"budget": args.budget, "initial_evals": min(base["dyna"]["initial_evals"], args.budget)})
     base["evaluation"] = {"episodes": args.episodes, "seed": 1_000_003, "baselines": False, "every": args.eval_every,
                           "truth": {"kind": "grid", "grid": tables["truth"]["grid"], "channel": "awgn"}}
@@ -389,13 +392,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny random model, 2 seeds, short runs (smoke test)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per method (0..n-1)")
-    parser.add_argument("--iterations", type=int, default=12, help="PPO iterations (Dyna, paper, model-free)")
-    parser.add_argument("--batch", type=int, default=2000, help="PPO train batch size")
-    parser.add_argument("--dqn-iterations", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=6, help="PPO iterations (Dyna, paper, model-free)")
+    parser.add_argument("--batch", type=int, default=1000, help="PPO train batch size")
+    parser.add_argument("--dqn-iterations", type=int, default=3)
+    parser.add_argument("--surrogate-epochs", type=int, default=300, help="surrogate training epochs per fit")
     parser.add_argument("--eval-every", type=int, default=2, help="held-out scoring every n iterations (curves)")
-    parser.add_argument("--budget", type=int, default=80, help="Dyna's (and GP-UCB's, the grid's) real evaluations")
+    parser.add_argument("--budget", type=int, default=60, help="Dyna's (and GP-UCB's, the grid's) real evaluations")
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes (50 steps each)")
-    parser.add_argument("--methods", default=",".join(RL_METHODS + NON_RL), help="comma-separated subset")
+    parser.add_argument("--methods", default=",".join(ORDER), help="comma-separated subset, run in this order "
+                        "within each seed")
     parser.add_argument("--throughput", type=int, default=0, metavar="STEPS",
                         help="also measure sampling throughput on Dyna's surrogate, 1 vs 2 env runners (STEPS each)")
     parser.add_argument("--tables-only", action="store_true", help="measure (or check) the two tables and stop")
@@ -410,6 +415,7 @@ def main() -> None:
     args.plots = args.plots or str(Path(args.out).parent)
     if args.quick:
         args.seeds, args.iterations, args.batch, args.dqn_iterations, args.budget, args.episodes = 2, 2, 500, 1, 30, 4
+        args.surrogate_epochs = 100
         args.eval_every = 1
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(RL_METHODS + NON_RL))
@@ -468,6 +474,7 @@ def main() -> None:
                                   "how": "uncached single-point evaluations timed in one actor"},
         "settings": {"spec": "tune_configs/dyna.yaml", "ppo_iterations": args.iterations,
                      "train_batch_size": args.batch, "dqn_iterations": args.dqn_iterations, "budget": args.budget,
+                     "surrogate_epochs": args.surrogate_epochs, "num_env_runners": 0,
                      "episodes": args.episodes, "episode_len": 50, "held_out_seed": base["evaluation"]["seed"],
                      "candidate_ks": list(spec0.env.candidate_ks or train_s.ks), "designed_grid_snr_db": design_values,
                      "seeds": list(range(args.seeds)), "quick": args.quick},
