@@ -1,7 +1,8 @@
 """Which real evaluations make the best surrogate? An offline ablation of the Dyna loop's choices.
 
-On the SmolLM2 truth grid that ``mbrl_efficiency.py`` measured (every candidate split x SNR 2 dB
-apart, saved in ``benchmarks/results/mbrl_truth_grid_smollm2.json``), this runs the production
+On the SmolLM2 truth grid that the former ``mbrl_efficiency.py`` measured (every candidate split x SNR
+2 dB apart, wiki, 256 tokens, saved in ``benchmarks/results/mbrl_truth_grid_smollm2.json``; the same
+measurement at every 1 dB is ``rl_benchmark.py``'s training table), this runs the production
 :class:`~splitlab.mbrl.dyna.DynaLoop` with the grid standing in for the LLM (an in-process pool, so a
 run takes seconds), for several seeds and variants:
 
@@ -112,7 +113,8 @@ def main() -> None:
     from splitlab.platform.run_env import channel_sample, decision_model, env_config, value_range
 
     if not TRUTH.exists():
-        raise SystemExit(f"{TRUTH.relative_to(ROOT)} is missing: run benchmarks/mbrl_efficiency.py first")
+        raise SystemExit(f"{TRUTH.relative_to(ROOT)} is missing (it is committed; the former "
+                         "benchmarks/mbrl_efficiency.py measured it)")
     start = time.perf_counter()
     saved = json.loads(TRUTH.read_text())
     spec = load_spec(ROOT / "tune_configs" / "dyna.yaml")

@@ -29,12 +29,13 @@ class LLMEvaluator:
     Used as a Ray actor (see :class:`EvaluationPool`) or directly in-process.
     """
 
-    def __init__(self, reward_spec: Mapping[str, Any], threads: int = 1) -> None:
-        import torch
-
+    def __init__(self, reward_spec: Mapping[str, Any], threads: int | None = 1) -> None:
         from splitlab.envs.reward_models import make_reward_model
 
-        torch.set_num_threads(threads)
+        if threads is not None:  # None: in the caller's process, whose torch threads are its own
+            import torch
+
+            torch.set_num_threads(threads)
         start = time.perf_counter()
         self.model = make_reward_model(dict(reward_spec))
         self.load_s = time.perf_counter() - start
@@ -80,6 +81,31 @@ class LLMEvaluator:
         return store.stats() if store is not None else {}
 
 
+IN_PROCESS_KINDS = ("grid", "synthetic", "counted")
+"""Reward kinds a pool evaluates in its own process: tables and formulas, no model to hold apart (starting
+an actor process cost minutes on a loaded machine and bought nothing)."""
+
+
+class _InProcessActor:
+    """An :class:`LLMEvaluator` in this process behind the actor interface: ``method.remote(...)`` returns an
+    object ref of the result (so the pool's ``ray.get`` works unchanged)."""
+
+    def __init__(self, evaluator: LLMEvaluator) -> None:
+        self._evaluator = evaluator
+
+    def __getattr__(self, name: str) -> Any:
+        import ray
+
+        fn = getattr(self._evaluator, name)
+
+        class _Method:
+            @staticmethod
+            def remote(*args: Any, **kwargs: Any) -> Any:
+                return ray.put(fn(*args, **kwargs))
+
+        return _Method
+
+
 class EvaluationPool:
     """``n_actors`` Ray actors, each holding the real LLM once; a cache in front of them.
 
@@ -87,7 +113,8 @@ class EvaluationPool:
         reward_spec: the measured quality, e.g. ``{"kind": "live", "model": "smollm2", "channel":
             {"kind": "awgn"}, "n_tokens": 256, "window": 64, "decimals": 0}``. Any reward-model
             spec works (a ``synthetic`` grid stands in for the LLM in tests of the bookkeeping).
-        n_actors: evaluator actors (each loads the model; SmolLM2 takes about 14 s).
+        n_actors: evaluator actors (each loads the model; SmolLM2 takes about 14 s). A table or formula
+            (``IN_PROCESS_KINDS``) is evaluated in this process instead, by one evaluator.
         num_cpus: CPUs each actor reserves (fractional; 0 keeps them out of the scheduler's way).
         threads: torch threads per actor.
 
@@ -107,9 +134,15 @@ class EvaluationPool:
 
             # resolved here, in the trial, so actors (another working directory, maybe another node) agree
             self.reward_spec["store"] = resolve_store(self.reward_spec.get("store"))
-        self.decimals = int(self.reward_spec.get("decimals", 1)) if self.reward_spec.get("kind") == "live" else None
+        # The pool rounds as the model it fronts does: a live LLM (default 1 decimal) or a counted table (0).
+        kind = self.reward_spec.get("kind")
+        self.decimals = (int(self.reward_spec.get("decimals", 1 if kind == "live" else 0))
+                         if kind in ("live", "counted") else None)
         self.owns_actors = actors is None
-        if actors is None:
+        if actors is None and kind in IN_PROCESS_KINDS:
+            actors = [_InProcessActor(LLMEvaluator(self.reward_spec, threads=None))]
+            self.owns_actors = False
+        elif actors is None:
             actor_cls = ray.remote(LLMEvaluator)
             actors = [actor_cls.options(num_cpus=num_cpus, max_concurrency=1).remote(self.reward_spec, threads)
                       for _ in range(n_actors)]

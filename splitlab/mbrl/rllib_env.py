@@ -135,6 +135,25 @@ def process_stats() -> dict[str, float]:
     return {"mbrl/real_evals": evals, "mbrl/real_eval_time_s": seconds}
 
 
+def forget_shared_models() -> None:
+    """Drop this process's shared reward models, so the next run built here starts from fresh counters
+    (a driver that trains several runs with local sampling, e.g. a benchmark, would otherwise count one
+    run's evaluations into the next one's)."""
+    _SHARED.clear()
+
+
+def process_points() -> list[tuple[int, float]]:
+    """The distinct (k, rounded value) points this process's shared reward models measured (a counted
+    model's queries, a live model's cache): env runners' sets are merged into one shared-cache count."""
+    points: set[tuple[int, float]] = set()
+    for model in _SHARED.values():
+        seen = getattr(model, "seen", None)
+        if seen is None:
+            seen = getattr(model, "_cache", {}).keys()  # a live LLM model: what it measured (or read)
+        points.update((int(k), float(v)) for k, v in seen)
+    return sorted(points)
+
+
 def env_reward_models(runner: Any) -> list[RewardModel]:
     """The reward model of every env an env runner steps (single-agent vector env or multi-agent env)."""
     env = getattr(runner, "env", None)

@@ -228,7 +228,12 @@ class DynaMode(TrainingMode):
 
 
 class ModelFreeMode(TrainingMode):
-    """Every step rewarded with the real quality inside the env runners; evaluations counted there."""
+    """Every step rewarded with the real quality inside the env runners; evaluations counted there.
+
+    ``mbrl/real_evals`` counts the distinct points over all env runners, as one shared cache would have
+    measured them (each runner caches its own, so their sum, ``mbrl/real_evals_runner_sum``, counts a point
+    once per runner that met it); ``mbrl/real_eval_time_s`` is what the runners spent.
+    """
 
     name = "model_free"
 
@@ -236,30 +241,37 @@ class ModelFreeMode(TrainingMode):
         super().__init__(spec, run_dir, say)
         self.evals_before = 0.0
         self.eval_s_before = 0.0
+        self.points: set[tuple[int, float]] = set()
 
     def prepare(self, resumed: RunState | None, checkpoint: Path | None) -> dict[str, Any]:
         if resumed is not None:  # runners start with empty counters: add what the earlier processes counted
-            self.evals_before = float(resumed.mode.get("real_evals", 0.0))
+            self.evals_before = float(resumed.mode.get("real_evals_runner_sum", resumed.mode.get("real_evals", 0.0)))
             self.eval_s_before = float(resumed.mode.get("real_eval_time_s", 0.0))
+            self.points = {(int(k), float(v)) for k, v in resumed.mode.get("points", [])}
         return self.spec.quality.to_dict()
 
     def real_evals(self, algo: Any) -> dict[str, float]:
-        from splitlab.mbrl.rllib_env import process_stats
+        from splitlab.mbrl.rllib_env import process_points, process_stats
 
         if algo is None:
-            return {"mbrl/real_evals": self.evals_before, "mbrl/real_eval_time_s": self.eval_s_before}
+            return {"mbrl/real_evals": float(len(self.points)), "mbrl/real_evals_runner_sum": self.evals_before,
+                    "mbrl/real_eval_time_s": self.eval_s_before}
         group = algo.env_runner_group
         remote = group.num_remote_env_runners() > 0
         stats = group.foreach_env_runner(lambda r: process_stats(), local_env_runner=not remote)
-        return {"mbrl/real_evals": self.evals_before + sum(s["mbrl/real_evals"] for s in stats),
+        for points in group.foreach_env_runner(lambda r: process_points(), local_env_runner=not remote):
+            self.points.update((int(k), float(v)) for k, v in points)
+        return {"mbrl/real_evals": float(len(self.points)),
+                "mbrl/real_evals_runner_sum": self.evals_before + sum(s["mbrl/real_evals"] for s in stats),
                 "mbrl/real_eval_time_s": self.eval_s_before + sum(s["mbrl/real_eval_time_s"] for s in stats)}
 
     def iteration_metrics(self, algo: Any, env_steps: float, refreshed: dict[str, float]) -> dict[str, float]:
         return {**self.real_evals(algo), "mbrl/reward_queries": env_steps}
 
-    def counters(self, algo: Any) -> dict[str, float]:
+    def counters(self, algo: Any) -> dict[str, Any]:
         m = self.real_evals(algo)
-        return {"real_evals": m["mbrl/real_evals"], "real_eval_time_s": m["mbrl/real_eval_time_s"]}
+        return {"real_evals": m["mbrl/real_evals"], "real_evals_runner_sum": m["mbrl/real_evals_runner_sum"],
+                "real_eval_time_s": m["mbrl/real_eval_time_s"], "points": [list(p) for p in sorted(self.points)]}
 
 
 MODES: dict[str, type[TrainingMode]] = {m.name: m for m in (PaperMode, DynaMode, ModelFreeMode)}

@@ -1,7 +1,7 @@
 """Confidence intervals for sampled figures (every one goes out with n and a 95% CI)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -14,3 +14,15 @@ def ci95(samples: Sequence[float] | np.ndarray) -> float:
     from scipy import stats
 
     return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def bootstrap_ci(samples: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.median,
+                 resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval (low, high) of ``statistic`` over ``samples`` (resampled with
+    replacement; infinities allowed, e.g. "never reached"). A single sample gives (it, it)."""
+    x = np.asarray(samples, dtype=float)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one sample")
+    rng = np.random.default_rng(seed)
+    stats_ = np.array([statistic(x[rng.integers(0, x.size, x.size)]) for _ in range(resamples)])
+    return float(np.percentile(stats_, 2.5, method="lower")), float(np.percentile(stats_, 97.5, method="higher"))
