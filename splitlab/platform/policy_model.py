@@ -59,14 +59,10 @@ def log_policy_model(run_dir: str | Path, register_as: str | None = None) -> str
     staging.mkdir(parents=True, exist_ok=True)
     import shutil
 
-    from splitlab.serve.policy_source import POLICY_PARTS
+    from splitlab.serve.policy_source import EXPORT_PARTS
 
-    for part in POLICY_PARTS:  # what serve loads: the info and the pickle-free export (not RLlib's pickled policy/)
-        if part == "policy":
-            continue
-        if (run_dir / part).is_dir():
-            shutil.copytree(run_dir / part, staging / part, dirs_exist_ok=True)
-        elif (run_dir / part).is_file():
+    for part in EXPORT_PARTS:  # what serve loads: the info and the pickle-free export (not RLlib's pickled policy/)
+        if (run_dir / part).is_file():
             shutil.copy(run_dir / part, staging / part)
     try:
         ks = np.asarray(info["candidate_ks"])[:len(example)]

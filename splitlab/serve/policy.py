@@ -27,6 +27,7 @@ from ray import serve
 
 from splitlab.policy_net import NET_FILE, NET_FORMAT, WEIGHT_FILES, load_net, logits, output_size, weights_file
 from splitlab.serve.config import ServeConfig, model_facts
+from splitlab.serve.policy_source import POLICY_FILE
 
 
 class SplitRule(Protocol):
@@ -76,8 +77,6 @@ class GridRule:
         return int(self.ks[int(np.argmax(scores))])  # argmax takes the first (smallest k) on ties
 
 
-POLICY_FILE = "policy.json"
-"""Written by ``splitlab train`` next to ``policy/``: candidate splits, model depth, env, observer."""
 REQUEST_UE_BUDGET = 1.0
 """UE budget the policy sees for a request: the service does not meter UE load, so a free UE."""
 

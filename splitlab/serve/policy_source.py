@@ -17,12 +17,17 @@ import functools
 import tempfile
 from pathlib import Path
 
+from splitlab.policy_net import NET_FILE, WEIGHT_FILES
+
 REMOTE_SCHEMES = ("runs:/", "models:/", "s3://", "gs://", "wasbs://", "abfss://", "hdfs://", "file://", "mlflow-artifacts:/",
                   "http://", "https://")
 """URI prefixes that are downloaded rather than read as a local path."""
 POLICY_FILE = "policy.json"
-POLICY_PARTS = ("policy.json", "policy_net.json", "policy.safetensors", "policy.npz", "policy")
-"""What a run logs for serving: the info, the pickle-free export (net + weights) and RLlib's ``policy/``."""
+"""Written by ``splitlab train`` next to ``policy/``: candidate splits, model depth, env, observer."""
+EXPORT_PARTS = (POLICY_FILE, NET_FILE, *WEIGHT_FILES)
+"""The info and the pickle-free export (net + weights): what the MLflow model holds."""
+POLICY_PARTS = (*EXPORT_PARTS, "policy")
+"""What a run logs for serving: the export and RLlib's pickled ``policy/``."""
 
 
 def _servable(folder: Path) -> bool:
