@@ -246,15 +246,22 @@ def cmd_ue(args: argparse.Namespace) -> int:
     from splitlab.client import DeviceClient
     from splitlab.client.transport import EdgeRefused
 
-    if args.k != "policy" and not args.k.isdigit():
-        raise ValueError(f"--k must be a split point (an integer) or 'policy', got {args.k!r}")
-    k = args.k if args.k == "policy" else int(args.k)
+    if args.k != "policy" and not all(part.strip().isdigit() for part in args.k.split(",")):
+        raise ValueError(f"--k must be a split point (an integer), a schedule of them per token (4,4,10) or "
+                         f"'policy', got {args.k!r}")
+    k = args.k if args.k == "policy" else [int(part) for part in args.k.split(",")]
+    try:
+        snrs = [float(part) for part in args.snr_db.split(",")]
+    except ValueError:
+        raise ValueError(f"--snr-db must be a number or a comma list of them, got {args.snr_db!r}") from None
+    every = args.resplit_every
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
         client = DeviceClient(args.url, model=args.model, max_k=args.max_k, fmt=args.format,
                               transport=args.transport, api_key=args.api_key or os.environ.get("SPLITLAB_API_KEY"))
         for delta in client.stream(prompt, k, args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                                   seed=args.seed, stop=args.stop, snr_db=args.snr_db):
+                                   seed=args.seed, stop=args.stop, resplit_every=every,
+                                   snr_db=lambda i: snrs[min(i // every if every else 0, len(snrs) - 1)]):
             print(delta, end="", flush=True)
     except (EdgeRefused, requests.RequestException) as err:  # the edge's answer, in one line
         raise ValueError(str(err)) from None
@@ -472,14 +479,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "layers' weights and the tokenizer, sends the hidden state after layer k (never text or "
                     "token ids) and streams the text of the tokens the edge sends back. "
                     "How to run: splitlab ue http://127.0.0.1:8000 'The capital of France is' --k 4 "
-                    "--format int8 --max-tokens 16 [--k policy --snr-db 12] [--stats]. "
+                    "--format int8 --max-tokens 16 [--k policy --snr-db 12] [--stats]; the split may move "
+                    "between tokens: --k 4,4,4,10 (token i at the i-th k) or --k policy --resplit-every 8 "
+                    "--snr-db 25,10,0 (the SNR estimate before tokens 0, 8, 16). "
                     "Results to expect: with --format fp32 or fp16 and --temperature 0 the text equals the "
                     "unsplit model's greedy output; --stats prints bytes up/down and ms per token to stderr.",
     )
     ue.add_argument("url", help="the edge, e.g. http://127.0.0.1:8000")
     ue.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read stdin)")
-    ue.add_argument("--k", default="policy", help="split point, or 'policy' to ask the edge (default)")
-    ue.add_argument("--snr-db", type=float, default=30.0, help="the device's link SNR estimate for the policy")
+    ue.add_argument("--k", default="policy",
+                    help="split point, a schedule per token (4,4,10: the last holds), or 'policy' to ask the edge "
+                         "(default)")
+    ue.add_argument("--snr-db", default="30",
+                    help="the device's link SNR estimate for the policy; a comma list: one per --resplit-every block")
+    ue.add_argument("--resplit-every", type=int, default=0,
+                    help="with --k policy: ask the edge's policy again every N tokens (0: once)")
     ue.add_argument("--model", default=None, help="local model spec (default: the one the edge serves)")
     ue.add_argument("--max-k", type=int, default=None, help="deepest split to load layers for (default: the edge's)")
     ue.add_argument("--format", default="fp16", choices=["fp32", "fp16", "bf16", "int8"], help="payload format")

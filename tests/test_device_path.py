@@ -206,6 +206,55 @@ def test_long_prompts_go_in_several_frames(client, tiny_full, monkeypatch):
     assert out.token_ids == ref and out.stats.frames == math.ceil(len(ids) / 2) + 3
 
 
+def test_the_split_moves_between_tokens_and_the_output_stays_generates(client, tiny_full, monkeypatch):
+    """A k schedule through the real path: moves up are recomputed on the device, moves down send the past's
+    hidden states (here in several frames, each answered with continue_from); greedy tokens stay generate's."""
+    import splitlab.client.device as device
+
+    monkeypatch.setattr(device, "MAX_FRAME_TOKENS", 3)
+    prompt = "The quick brown fox"
+    ids = tiny_full.tokenizer(prompt).input_ids
+    ref = tiny_full.model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=0,
+                                   eos_token_id=tiny_full.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    schedule = [1, 3, 3, 0, 0, 2, 3, 1, 1, 2]
+    out = client.generate(prompt, schedule, 10)
+    assert out.token_ids == ref
+    moves = out.stats.migrations
+    assert [(m["token"], m["k_from"], m["k_to"]) for m in moves] == [(1, 1, 3), (3, 3, 0), (5, 0, 2), (6, 2, 3),
+                                                                     (7, 3, 1), (9, 1, 2)]
+    assert [m["past_tokens"] for m in moves] == [len(ids) + m["token"] - 1 for m in moves]
+    row = 4 * 64  # fp32
+    assert [m["payload_bytes_up"] for m in moves] == [0 if m["k_to"] > m["k_from"] else m["past_tokens"] * row
+                                                      for m in moves]
+    assert out.stats.rebuilds == 0
+    # frames: the prompt's, then one per token, plus the extra frames of the two moves down (past + 1 in 3-row frames)
+    extra = sum(math.ceil((m["past_tokens"] + 1) / 3) - 1 for m in moves if m["k_to"] < m["k_from"])
+    assert out.stats.frames == math.ceil(len(ids) / 3) + 9 + extra
+    with pytest.raises(ValueError, match=r"k\[2\] must be an integer in \[0, 3\]"):
+        client.generate(prompt, [1, 2, 4], 4)
+    assert _wait_freed() == 0
+
+
+def test_the_policy_is_asked_again_every_n_tokens(client, tiny_full, monkeypatch):
+    asked = []
+    answers = iter([0, 3, 1])
+
+    def choose_k(snr_db, prompt_tokens=0, max_tokens=0):
+        asked.append((snr_db, prompt_tokens, max_tokens))
+        return next(answers)
+
+    monkeypatch.setattr(client, "choose_k", choose_k)
+    prompt = "The quick brown fox"
+    ids = tiny_full.tokenizer(prompt).input_ids
+    ref = tiny_full.model.generate(torch.tensor([ids]), max_new_tokens=9, do_sample=False, pad_token_id=0,
+                                   eos_token_id=tiny_full.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    out = client.generate(prompt, "policy", 9, resplit_every=4, snr_db=lambda i: 20.0 - i)
+    assert out.token_ids == ref
+    n = len(ids)
+    assert asked == [(20.0, n, 9), (16.0, n + 4, 5), (12.0, n + 8, 1)]
+    assert [(m["token"], m["k_from"], m["k_to"]) for m in out.stats.migrations] == [(4, 0, 3), (8, 3, 1)]
+
+
 def _transport(client, kind):
     from splitlab.client.transport import make_transport
 

@@ -93,6 +93,20 @@ def test_policy_picks_k_when_the_request_does_not(service):
     assert (split["channel_profile"], split["channel_kind"], split["snr_db"]) == ("good", "awgn", 7.5)
 
 
+def test_an_snr_trace_gets_a_split_per_block_and_the_same_tokens(service, tiny_full):
+    ids = tiny_full.tokenizer(PROMPTS[0]).input_ids
+    text, n, _ = reference(tiny_full, ids, 8)
+    r = post(service, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0,
+                                          "snr_trace": [20.0, 3.0, 12.5], "resplit_every": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    split = body["choices"][0]["text"], body["split"]
+    assert split[0] == text
+    # This service's policy is the fixed rule: one decision per block, all k = 1, so nothing moves.
+    assert split[1]["schedule"] == [1, 1, 1] and split[1]["snr_trace"] == [20.0, 3.0, 12.5]
+    assert split[1]["resplit_every"] == 3 and split[1]["resplits"] == 0 and split[1]["snr_db"] == 20.0
+
+
 def test_chat_uses_the_chat_template_and_streams(service, tiny_full):
     messages = [{"role": "user", "content": "What is split inference?"}]
     ids = tiny_full.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

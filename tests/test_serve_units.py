@@ -123,6 +123,14 @@ BAD_BODIES = [
     (b'{"prompt": "hi", "n": 2}', "n", 400),
     (b'{"prompt": "x", "max_tokens": 0, "echo": false}', "max_tokens", 400),
     (b'{"prompt": "hi", "seed": 1.5}', "seed", 400),
+    (b'{"prompt": "hi", "snr_trace": [10, 0]}', "resplit_every", 400),
+    (b'{"prompt": "hi", "resplit_every": 4}', "resplit_every", 400),
+    (b'{"prompt": "hi", "snr_trace": [10], "resplit_every": 0}', "resplit_every", 400),
+    (b'{"prompt": "hi", "snr_trace": [10], "resplit_every": 4, "split": 1}', "snr_trace", 400),
+    (b'{"prompt": "hi", "snr_trace": [], "resplit_every": 4}', "snr_trace", 400),
+    (b'{"prompt": "hi", "snr_trace": 10, "resplit_every": 4}', "snr_trace", 400),
+    (b'{"prompt": "hi", "snr_trace": [10, "5"], "resplit_every": 4}', "snr_trace", 400),
+    (b'{"prompt": "hi", "snr_trace": [10, 900], "resplit_every": 4}', "snr_trace", 400),
     (b'{"prompt": "hi", "model": "gpt-4"}', "model", 404),
 ]
 
@@ -462,6 +470,31 @@ def test_split_loop_matches_in_process_generation_and_rebuilds_lost_edge_caches(
     assert tokens == reference and final["link"]["edge_retries"] == 1 and final["link"]["rebuilds"] == 1
 
 
+def test_split_loop_moves_the_split_per_block_and_still_matches_generation(tiny_llama: SplitModel):
+    ids = tiny_llama.tokenizer("The quick brown fox").input_ids
+    reference = generate(tiny_llama, torch.tensor([ids]), 2, max_new_tokens=12, stop_at_eos=False).token_ids
+    schedule = dict(k_schedule=[1, 3, 0, 2], snr_trace=[30.0, 20.0, 10.0, 25.0], resplit_every=3)
+    edge = LocalEdge(tiny_llama)
+    tokens, final = _run(tiny_llama, UERequest("m", ids, k=1, max_tokens=12, **schedule), edge, eos_ids=set())
+    assert tokens == reference
+    link, past_at_down = final["link"], len(ids) + 5  # the move 3 -> 0 comes before token 6
+    assert link["resplits"] == 3 and link["moved_vectors"] == past_at_down
+    assert link["moved_bytes_up"] == 128 * past_at_down  # the clean link's fp16 rows of 64
+    assert link["vectors_up"] == len(ids) + 11 + past_at_down and link["rebuilds"] == 0
+    # UE recompute: up 1 -> 3 over len(ids) + 2 past tokens (2 layers); down to 0 rebuilds nothing (embeddings);
+    # up 0 -> 2 over len(ids) + 8 (2 layers)
+    assert link["resplit_ue_layer_tokens"] == 2 * (len(ids) + 2) + 2 * (len(ids) + 8)
+    assert edge.store.resplits == 3 and edge.store.recomputed_layer_tokens == 3 * past_at_down
+    assert edge.store.sessions["m"].session.k == 2
+
+    # The edge loses the cache right at a move: up (call 4) it asks for a resend at the new k; down (call 7)
+    # the move's frame starts at 0 and rebuilds everything in one go. Tokens unchanged either way.
+    for drop, rebuilds in (({4}, 1), ({7}, 0)):
+        edge = LocalEdge(tiny_llama, drop_at=drop)
+        tokens, final = _run(tiny_llama, UERequest("d", ids, k=1, max_tokens=12, **schedule), edge, eos_ids=set())
+        assert tokens == reference and final["link"]["rebuilds"] == rebuilds, drop
+
+
 def test_edge_asks_only_for_what_it_lacks_and_bounds_its_caches(tiny_llama: SplitModel):
     store = EdgeStore(tiny_llama, max_sessions=2, ttl_s=60)
     h = torch.zeros(1, 3, 64)
@@ -475,6 +508,49 @@ def test_edge_asks_only_for_what_it_lacks_and_bounds_its_caches(tiny_llama: Spli
     store.ttl_s = 0.0
     store.sweep()
     assert not store.sessions
+
+
+def test_edge_moves_the_split_within_a_stream_keeping_its_deeper_layers(tiny_llama: SplitModel):
+    """A UE that changes k between tokens: up, the edge drops the layers the UE took over; down, it rebuilds
+    only the layers it takes over, from the past's hidden states (one frame, or several answered with
+    continue_from), keeps its deeper layers' KV, and every next-token distribution is the unsplit model's."""
+    from splitlab.llm.generation import UESession
+
+    ids = torch.tensor([tiny_llama.tokenizer("The quick brown fox").input_ids])
+    schedule = [1, 1, 3, 3, 0, 0, 2, 4, 1, 1, 2, 2]
+    store, ue = EdgeStore(tiny_llama), UESession(tiny_llama, schedule[0])
+    hidden, start, tokens, chunked = ue.prefill(ids).hidden, 0, [], 0
+    for i, k in enumerate(schedule):
+        if i:
+            past = None
+            if k > ue.k:
+                ue.take_layers(k, None)  # the UE recomputes layers it takes over from what it sent
+            elif k < ue.k:
+                past = ue.give_layers(k, "recompute").hidden  # [1, T, H] after layer k, for the edge
+            new = ue.step(tokens[-1]).hidden
+            hidden, start = (new, ue.length - 1) if past is None else (torch.cat([past, new], dim=1), 0)
+        if start == 0 and i and k == 0:  # the move down to 0 in two frames
+            assert store.consume("r", EdgeMessage(k, 0, hidden[:, :2])) == {"continue_from": 2}
+            hidden, start, chunked = hidden[:, 2:], 2, chunked + 1
+        seen = store.sessions["r"].session.seen if "r" in store.sessions else 0
+        logits = store.consume("r", EdgeMessage(k, start, hidden))["logits"][-1]  # [V]
+        sequence = torch.cat([ids, torch.tensor([tokens], dtype=torch.long)], dim=1)
+        with torch.no_grad():
+            expected = tiny_llama.model(sequence).logits[0, -1]
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+        tokens.append(int(logits.argmax()))
+        session = store.sessions["r"].session
+        assert session.k == k and session.seen == seen + (1 if i else ids.shape[1])
+        owned = [session.cache.layers[j].get_seq_length() for j in range(tiny_llama.num_layers)]
+        assert owned == [0] * k + [session.seen] * (tiny_llama.num_layers - k), (i, k, owned)
+    assert chunked == 1 and store.rebuilds == 0
+    assert store.resplits == sum(a != b for a, b in zip(schedule, schedule[1:]))
+    # The edge's own recompute: the layers it took over x the past tokens, on the moves down only.
+    down = [(a - b) * (ids.shape[1] + i - 1) for i, (a, b) in enumerate(zip(schedule, schedule[1:]), 1) if b < a]
+    assert store.recomputed_layer_tokens == sum(down) > 0
+
+    # Neither a move nor a step (a move down that does not start at 0): dropped, rebuilt from 0.
+    assert store.step("r", EdgeMessage(0, 5, hidden[:, :1])) == {"resend_from": 0} and "r" not in store.sessions
 
 
 def test_sampled_and_noisy_generation_is_seeded_and_stops_at_stop_text(tiny_llama: SplitModel):

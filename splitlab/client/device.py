@@ -7,17 +7,23 @@ leaves the device as text or token ids. It keeps every activation it sent, so an
 stream's cache is rebuilt with one resend (``resend_from``), as in the all-in-cluster path.
 
 k comes from the caller, or from the edge's advertised policy (``k="policy"``, given the device's
-own estimate of its link SNR).
+own estimate of its link SNR), and may change between tokens (a schedule, or the policy asked again
+every ``resplit_every`` tokens). A move up (the device takes layers over) is recomputed on the device
+from the hidden states it kept, and the edge drops those layers; a move down sends the hidden states
+after the new k of every past token in the next frame (rebuilt from the token ids on the device), and
+the edge rebuilds only the layers it takes over (:meth:`splitlab.serve.edge.EdgeStore._resplit`).
+Moving KV entries over the link instead (``llm.generation.resplit``'s ``transfer``) is not on the wire.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import requests
 import torch
 
+from splitlab.channel.quantisation import token_bits
 from splitlab.client.transport import Stream, Transport, WireCount, make_transport
 from splitlab.llm.generation import UESession
 from splitlab.llm.split_model import SplitModel
@@ -46,6 +52,7 @@ class DeviceStats:
     step_s: list[float] = field(default_factory=list)  # per later token: head + send + token back
     step_ue_s: list[float] = field(default_factory=list)  # of which the head's compute
     step_edge_s: list[float] = field(default_factory=list)  # of which the edge's compute (it reports it)
+    migrations: list[dict] = field(default_factory=list)  # split moves: token, k_from, k_to, past_tokens, ...
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -111,30 +118,36 @@ class DeviceClient:
         return min(int(r.json()["k"]), self.max_k)
 
     # ------------------------------------------------------------------ generation
-    def stream(self, prompt: str, k: int | str, max_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int = 0, stop: list[str] | None = None, snr_db: float = 30.0) -> Iterator[str]:
-        """Yield text deltas as tokens arrive; the full result is ``self.last`` afterwards."""
+    def stream(self, prompt: str, k: int | str | Sequence[int], max_tokens: int = 32, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0, stop: list[str] | None = None,
+               snr_db: float | Callable[[int], float] = 30.0, resplit_every: int = 0) -> Iterator[str]:
+        """Yield text deltas as tokens arrive; the full result is ``self.last`` afterwards.
+
+        ``k``: a split point, ``"policy"`` (the edge's policy at ``snr_db``; asked again every
+        ``resplit_every`` tokens when > 0, with ``snr_db(i)`` the device's estimate before token i when
+        a callable), or a schedule: ``k[i]`` is the split for token i (the prompt's frame yields token 0),
+        the last entry holding after the schedule ends.
+        """
         ids = list(self.model.tokenizer(prompt).input_ids)
         if not ids:
             raise ValueError("prompt tokenises to no tokens: give some text")
-        if k == "policy":
-            k = self.choose_k(snr_db, len(ids), max_tokens)
-        if not isinstance(k, int) or not self.info["split_range"][0] <= k <= self.max_k:
-            raise ValueError(f"k must be an integer in [{self.info['split_range'][0]}, {self.max_k}] or 'policy', "
-                             f"got {k!r}")
-        stats = DeviceStats(k, self.fmt, prompt_tokens=len(ids))
+        if isinstance(resplit_every, bool) or not isinstance(resplit_every, int) or resplit_every < 0:
+            raise ValueError(f"resplit_every must be an integer >= 0 (0: never), got {resplit_every!r}")
+        split_at = self._split_rule(k, len(ids), max_tokens, snr_db, resplit_every)
+        k0 = split_at(0)
+        stats = DeviceStats(k0, self.fmt, prompt_tokens=len(ids))
         text = TextAssembler(self.model.tokenizer, stop or [], incremental=True)
         settings = {"temperature": temperature, "top_p": top_p, "seed": seed}
-        session = UESession(self.model, k)
+        session = UESession(self.model, k0)
         stream = self.transport.open(settings)
         finish = "length"
         try:
             t0 = time.perf_counter()
             act = self._compute(stats, session.prefill, torch.tensor([ids]))
-            start = 0
+            hidden, start = act.hidden, 0
             ue_s = 0.0
             for i in range(max_tokens):
-                reply = self._exchange(stream, session, stats, act.hidden, start)
+                reply = self._exchange(stream, session, stats, hidden, start)
                 token = reply.value
                 now = time.perf_counter()
                 if i == 0:
@@ -152,8 +165,10 @@ class DeviceClient:
                 yield delta
                 if i + 1 < max_tokens:
                     t0 = time.perf_counter()
-                    start = session.length
+                    past = self._move(session, stats, split_at(i + 1), i + 1)  # [1, T, H] for a move down
+                    start = 0 if past is not None else session.length
                     act = self._compute(stats, session.step, token)
+                    hidden = act.hidden if past is None else torch.cat([past, act.hidden], dim=1)
                     ue_s = time.perf_counter() - t0
             rest = text.flush()
             if rest:
@@ -163,6 +178,57 @@ class DeviceClient:
             self._account(stats, stream.count)
             stats.completion_tokens = len(text.token_ids)
             self.last = DeviceGeneration(text.text, list(text.token_ids), finish, stats)
+
+    def _split_rule(self, k: int | str | Sequence[int], prompt_tokens: int, max_tokens: int,
+                    snr_db: float | Callable[[int], float], resplit_every: int) -> Callable[[int], int]:
+        """Token index -> split point, each checked against the edge's range and this device's layers."""
+        low = self.info["split_range"][0]
+
+        def checked(value, what: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= self.max_k:
+                raise ValueError(f"{what} must be an integer in [{low}, {self.max_k}] (this device's layers), "
+                                 f"got {value!r}")
+            return value
+
+        if k == "policy":
+            snr = snr_db if callable(snr_db) else (lambda i: snr_db)
+            chosen: dict[int, int] = {}
+
+            def from_policy(i: int) -> int:
+                at = i - i % resplit_every if resplit_every else 0
+                if at not in chosen:
+                    chosen[at] = self.choose_k(float(snr(at)), prompt_tokens + at, max_tokens - at)
+                return chosen[at]
+            return from_policy
+        if isinstance(k, str):
+            raise ValueError(f"k must be an integer, a list of integers or 'policy', got {k!r}")
+        if isinstance(k, Sequence):
+            if not k:
+                raise ValueError("a k schedule needs at least one split point")
+            schedule = [checked(v, f"k[{i}]") for i, v in enumerate(k)]
+            return lambda i: schedule[min(i, len(schedule) - 1)]
+        fixed = checked(k, "k")
+        return lambda i: fixed
+
+    def _move(self, session: UESession, stats: DeviceStats, k_to: int, token: int) -> torch.Tensor | None:
+        """Move the device's split to ``k_to`` before token ``token``; returns the hidden states after layer
+        ``k_to`` of every past token when the edge takes layers over (they go up with the next frame)."""
+        k_from, past = session.k, session.length
+        if k_to == k_from:
+            return None
+        t0 = time.perf_counter()
+        if k_to > k_from:
+            session.take_layers(k_to, None)  # recompute layers k_from..k_to-1 from the hidden states it sent
+            sent = None
+        else:
+            sent = session.give_layers(k_to, "recompute").hidden  # [1, past, H]
+        ue_s = time.perf_counter() - t0
+        stats.ue_compute_s += ue_s
+        row_bytes = token_bits(self.fmt, self.model.hidden_size) // 8
+        stats.migrations.append({"token": token, "k_from": k_from, "k_to": k_to, "past_tokens": past,
+                                 "ue_layer_tokens": past * (k_to - k_from if sent is None else k_to),
+                                 "payload_bytes_up": 0 if sent is None else past * row_bytes, "ue_s": ue_s})
+        return sent
 
     def generate(self, prompt: str, k: int | str, max_tokens: int = 32, **kw) -> DeviceGeneration:
         """Run :meth:`stream` to the end; returns the text, the token ids and the stats."""
@@ -209,6 +275,8 @@ class DeviceClient:
         """Send positions start.. ([1, T, H]); resend history while the edge asks; returns the token reply."""
         for _ in range(3):
             reply = self._send_chunks(stream, session.k, hidden, start)
+            if reply.is_continue:
+                raise RuntimeError(f"the edge expects past positions from {reply.value} after the last frame")
             if not reply.is_resend:
                 return reply
             start = reply.value
@@ -224,6 +292,9 @@ class DeviceClient:
             reply = decode_token(stream.exchange(encode_frame(part, k, start + lo, self.fmt)))
             if reply.is_resend:
                 return reply
+            if reply.is_continue and reply.value != start + lo + part.shape[1]:
+                raise RuntimeError(f"the edge expects past positions from {reply.value}, "
+                                   f"not {start + lo + part.shape[1]}")
         return reply
 
     @staticmethod

@@ -111,6 +111,10 @@ class EdgeSession:
         self.model, self.k = model, k
         self.cache = model.new_cache()
         self.seen = 0
+        # A move down in progress (the UE's hidden states arrive in chunks): the target split and how many
+        # past positions of layers moving_to..k-1 are rebuilt so far.
+        self.moving_to: int | None = None
+        self.moved = 0
 
     def consume(self, act: Activation, every_position: bool = False) -> torch.Tensor:
         """Run the tail over received activations; returns next-token logits [V] of the last position
@@ -130,12 +134,29 @@ class EdgeSession:
     def take_layers(self, k_to: int, payload: Activation | list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Move the split down to ``k_to``: adopt the UE's KV of layers k_to..k-1, or recompute it from the
         hidden states after ``k_to`` that the UE sent."""
-        layers = range(k_to, self.k)
         if isinstance(payload, Activation):
-            self.model.middle(payload, k_to, self.k, cache=self.cache)
-        else:
-            adopt_kv(self.cache, layers, payload)
+            if not self.move_down(k_to, payload):
+                raise ValueError(f"the hidden states of {payload.hidden.shape[1]} past tokens arrived; "
+                                 f"the edge holds {self.seen}")
+            return
+        adopt_kv(self.cache, range(k_to, self.k), payload)
         self.k = k_to
+
+    def move_down(self, k_to: int, part: Activation) -> bool:
+        """One chunk of a move down to ``k_to`` by recompute: ``part`` holds the hidden states after layer
+        ``k_to`` of the next past positions (``self.moved`` onwards, in order). Returns True once every past
+        position is moved; the split is ``k_to`` from then on."""
+        if self.moving_to is None:
+            self.moving_to, self.moved = k_to, 0
+        if k_to != self.moving_to or self.moved + part.hidden.shape[1] > self.seen:
+            raise ValueError(f"a move to k={k_to} of positions {self.moved}.. does not fit the move to "
+                             f"k={self.moving_to} of {self.seen} past positions in progress")
+        self.model.middle(part, k_to, self.k, cache=self.cache)
+        self.moved += part.hidden.shape[1]
+        if self.moved < self.seen:
+            return False
+        self.k, self.moving_to = k_to, None
+        return True
 
 
 def export_kv(cache: Cache, layers: range) -> list[tuple[torch.Tensor, torch.Tensor]]:

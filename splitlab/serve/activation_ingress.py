@@ -40,7 +40,8 @@ from splitlab.serve.admission import check_api_key
 from splitlab.serve.config import ServeConfig, model_facts
 from splitlab.serve.edge import EdgeMessage
 from splitlab.serve.protocol import RequestError
-from splitlab.serve.wire import MAX_TOP_LOGPROBS, WIRE_VERSION, WireLimits, decode_frame, encode_resend, encode_token
+from splitlab.serve.wire import (MAX_TOP_LOGPROBS, WIRE_VERSION, WireLimits, decode_frame, encode_continue,
+                                 encode_resend, encode_token)
 
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="splitlab edge: activations in, tokens out",
@@ -314,6 +315,8 @@ class ActivationIngress:
                                            "type": "server_error", "param": None, "code": None}}, status_code=503)
         if "resend_from" in reply:
             return encode_resend(int(reply["resend_from"]))
+        if "continue_from" in reply:
+            return encode_continue(int(reply["continue_from"]))
         return encode_token(reply["token"], reply["position"], reply["logprob"], reply["top"], reply.get("full"),
                             reply["compute_s"])
 

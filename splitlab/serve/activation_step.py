@@ -16,14 +16,15 @@ from splitlab.serve.edge import EdgeMessage, EdgeStore, step_generator
 
 def activation_step(store: EdgeStore, request_id: str, msg: EdgeMessage, top_logprobs: int = 0,
                     full_logprobs: bool = False) -> dict[str, Any]:
-    """``{"token", "position", "logprob", "top", "full"?, "compute_s"}`` or ``{"resend_from": n}``.
+    """``{"token", "position", "logprob", "top", "full"?, "compute_s"}``, ``{"resend_from": n}``, or during a
+    split move whose past arrives in several frames ``{"continue_from": n}``.
 
     ``top`` lists the ``top_logprobs`` most likely (id, logprob) pairs; ``full`` (when asked) is the
     next-token log-distribution after every position of the frame, [T, V] float32 numpy, for perplexity
     measured through the path (the device scores the true tokens; the edge never learns them).
     """
     reply = store.consume(request_id, msg)
-    if "resend_from" in reply:
+    if "resend_from" in reply or "continue_from" in reply:
         return reply
     all_logits = reply["logits"]  # [T, V]
     logits = all_logits[-1]  # [V]

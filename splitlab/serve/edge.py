@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -87,6 +87,8 @@ class EdgeStore:
         self.sessions: OrderedDict[str, _Entry] = OrderedDict()
         self.rebuilds = 0  # requests that arrived here without their cache
         self.evictions = 0  # caches dropped to make room (not by release or TTL)
+        self.resplits = 0  # split points moved within a stream (_resplit)
+        self.recomputed_layer_tokens = 0  # of which the edge's work: layers taken over x past tokens
         self.lock = threading.Lock()  # the compute thread and the sweeper
         cfg = model.model.config
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -123,7 +125,12 @@ class EdgeStore:
                 except ValueError as err:
                     replies[i] = err
                     continue
-                entry, reply = self._admit(request_id, msg)
+                try:
+                    entry, reply, msg = self._admit(request_id, msg)
+                except Exception as err:  # noqa: BLE001 - a failed move fails its own request alone
+                    self._drop(request_id)
+                    replies[i] = err
+                    continue
                 if reply is not None:
                     replies[i] = reply
                     continue
@@ -151,24 +158,61 @@ class EdgeStore:
                     reply["batch"] = len(items)
             return replies
 
-    def _admit(self, request_id: str, msg: EdgeMessage) -> tuple[_Entry | None, dict | None]:
-        """The request's cache, ready for ``msg``, or the resend the UE must make first."""
+    def _admit(self, request_id: str, msg: EdgeMessage) -> tuple[_Entry | None, dict | None, EdgeMessage]:
+        """The request's cache, ready for ``msg`` (a changed split point moved, :meth:`_resplit`), or the
+        reply the UE gets instead (a resend it must make first; the next position of a move in progress).
+        Returns (entry, reply, what of ``msg`` is left to consume)."""
         entry = self.sessions.get(request_id)
-        if entry is not None and (entry.session.k != msg.k or msg.start < entry.session.seen):
+        if entry is not None and (entry.session.k != msg.k or entry.session.moving_to is not None):
+            moved = self._resplit(entry.session, msg)
+            if moved is None:
+                self._drop(request_id)  # neither a move nor a step: start over from what the UE resends
+                entry = None
+            elif moved.hidden.shape[1] == 0:
+                entry.last_used = time.monotonic()
+                return entry, {"continue_from": moved.start}, moved
+            else:
+                msg = moved
+        if entry is not None and msg.start < entry.session.seen:
             # A replay of positions already consumed (a retried step): start over from what the UE resends.
             self._drop(request_id)
             entry = None
         if entry is None:
             if msg.start != 0:
                 self.rebuilds += 1
-                return None, {"resend_from": 0}
+                return None, {"resend_from": 0}, msg
             entry = self._open(request_id, msg)
         elif msg.start > entry.session.seen:
             self.rebuilds += 1
-            return None, {"resend_from": entry.session.seen}
+            return None, {"resend_from": entry.session.seen}, msg
         self.sessions.move_to_end(request_id)
         entry.last_used = time.monotonic()
-        return entry, None
+        return entry, None, msg
+
+    def _resplit(self, session: EdgeSession, msg: EdgeMessage) -> EdgeMessage | None:
+        """Move the split to ``msg.k`` when ``msg`` is how a UE that changed it continues; returns the part
+        of ``msg`` left to consume at the new split, or None when ``msg`` is no such continuation.
+
+        Up (the UE took layers k..k'-1 over, recomputing them from its own copies): the next position at
+        k'; the edge drops those layers. Down (the edge takes layers k'..k-1 over): the hidden states after
+        layer k' of every past position, from 0 and in order (one frame or several), then the new ones;
+        the edge rebuilds the KV of those layers alone and keeps its deeper layers' KV.
+        """
+        if session.moving_to is None and msg.k > session.k and msg.start == session.seen:
+            session.give_layers(msg.k, "recompute")
+            self.resplits += 1
+            return msg
+        start = session.moved if session.moving_to is not None else 0
+        if msg.k < session.k and msg.start == start and session.seen > 0 \
+                and session.moving_to in (None, msg.k):
+            past = min(msg.hidden.shape[1], session.seen - start)
+            positions = torch.arange(start, start + past).unsqueeze(0)  # [1, past]
+            if session.moving_to is None:
+                self.resplits += 1
+            self.recomputed_layer_tokens += past * (session.k - msg.k)
+            session.move_down(msg.k, Activation(msg.hidden[:, :past], positions, None))
+            return replace(msg, start=start + past, hidden=msg.hidden[:, past:])
+        return None
 
     def _check(self, msg: EdgeMessage) -> None:
         """Refuse a malformed message before it joins a batch (where it would fail its batch-mates)."""
@@ -221,7 +265,11 @@ class EdgeStore:
         """
         self.sweep()
         with self.lock:
-            entry, reply = self._admit(request_id, msg)
+            try:
+                entry, reply, msg = self._admit(request_id, msg)
+            except Exception:
+                self._drop(request_id)
+                raise
             if reply is not None:
                 return reply
             t0 = time.perf_counter()
@@ -282,7 +330,17 @@ class EdgeHalf:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge")
         self.batcher = StepBatcher(self.store.step_many, self.pool, self.config.max_batch, self.config.batch_wait_s)
         self.metrics = edge_metrics()
+        self.exported = {"resplits": 0, "resplit_layer_tokens": 0}  # the store's counts already in the metrics
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+
+    def _export(self) -> None:
+        """Bring the gauges and the store's move counters up to date."""
+        self.metrics["sessions"].set(len(self.store.sessions))
+        for name, now in (("resplits", self.store.resplits),
+                          ("resplit_layer_tokens", self.store.recomputed_layer_tokens)):
+            if now > self.exported[name]:
+                self.metrics[name].inc(now - self.exported[name])
+                self.exported[name] = now
 
     async def step_batch(self, items: list[tuple[str, EdgeMessage]]) -> list[dict[str, Any] | Exception]:
         """The steps ``(request_id, msg)`` of several requests; one reply each (see :meth:`EdgeStore.step`),
@@ -298,7 +356,7 @@ class EdgeHalf:
                 self.metrics["rebuilds"].inc()
             else:
                 self.metrics["batch"].observe(reply.get("batch", 1))
-        self.metrics["sessions"].set(len(self.store.sessions))
+        self._export()
         return replies
 
     async def step_activation(self, msg: EdgeMessage, top_logprobs: int = 0, full_logprobs: bool = False) -> dict:
@@ -310,7 +368,7 @@ class EdgeHalf:
             raise ValueError("edge steps need the request id as multiplexed_model_id")
         reply = await asyncio.get_running_loop().run_in_executor(
             self.pool, activation_step, self.store, request_id, msg, top_logprobs, full_logprobs)
-        self.metrics["sessions"].set(len(self.store.sessions))
+        self._export()
         return reply
 
     async def release(self, request_id: str) -> bool:
@@ -323,6 +381,7 @@ class EdgeHalf:
         """This replica's view: caches held (``holds``: whether it has ``request_id``'s), rebuild requests."""
         return {"sessions": len(self.store.sessions), "rebuilds": self.store.rebuilds,
                 "evictions": self.store.evictions, "cache_bytes": self.store.used_bytes(),
+                "resplits": self.store.resplits, "resplit_layer_tokens": self.store.recomputed_layer_tokens,
                 "holds": request_id in self.store.sessions if request_id else None,
                 "batches": self.batcher.batches, "mean_batch": self.batcher.mean_batch,
                 "pending_steps": len(self.batcher.pending),

@@ -190,24 +190,33 @@ class SplitIngress:
 
     async def _start(self, req: GenerationRequest, all_ids: list[list[int]], route: str):
         """Pick k (once: every prompt of a request shares its link) and start one UE stream per prompt."""
-        link = resolve_link(req.channel_profile, req.snr_db, self.config.default_profile)
+        trace = req.snr_trace
+        link = resolve_link(req.channel_profile, trace[0] if trace and req.snr_db is None else req.snr_db,
+                            self.config.default_profile)
+        schedule = None
         if req.split is not None:
             k, chosen_by, rule = req.split, "request", None
         else:
-            features = {"snr_db": link.snr_db, "profile": link.profile, "kind": link.config.kind,
-                        "fading": link.config.fading, "prompt_tokens": max(map(len, all_ids)),
-                        "max_tokens": req.max_tokens}
-            decision = await self.policy.choose.remote(features)
-            k, chosen_by, rule = decision["k"], "policy", decision["rule"]
+            prompt_tokens = max(map(len, all_ids))
+            blocks = [(link.snr_db, 0)] if not trace else [(snr, b * req.resplit_every) for b, snr in enumerate(trace)]
+            decisions = await asyncio.gather(*[self.policy.choose.remote(
+                {"snr_db": snr, "profile": link.profile, "kind": link.config.kind, "fading": link.config.fading,
+                 "prompt_tokens": prompt_tokens + done, "max_tokens": max(req.max_tokens - done, 1)})
+                for snr, done in blocks])
+            k, chosen_by, rule = decisions[0]["k"], "policy", decisions[0]["rule"]
+            schedule = [d["k"] for d in decisions] if trace else None
         request_id = uuid.uuid4().hex
         split = {"k": k, "chosen_by": chosen_by, "rule": rule, "num_layers": self.facts.num_layers,
                  "channel_profile": link.profile, "channel_kind": link.config.kind, "snr_db": link.snr_db}
+        if schedule is not None:
+            split.update(schedule=schedule, snr_trace=trace, resplit_every=req.resplit_every)
         streams, choices = [], []
         for i, ids in enumerate(all_ids):
             seed = secrets.randbits(63) if req.seed is None else (req.seed + i) % (2**63)
             ue_request = UERequest(f"{request_id}-{i}", ids, k, req.max_tokens, req.temperature, req.top_p, seed,
                                    req.stop, link.profile, link.snr_db, stream=req.stream, logprobs=req.logprobs,
-                                   echo=req.echo and req.logprobs is not None)
+                                   echo=req.echo and req.logprobs is not None, k_schedule=schedule,
+                                   snr_trace=trace if schedule else None, resplit_every=req.resplit_every)
             # Each prompt's call in a fresh context: calls made in the HTTP request's context share its Serve
             # request id, and the UE's edge steps of sibling prompts would then collide in Serve's router.
             call = self.ue.options(stream=True).generate.remote
@@ -286,6 +295,7 @@ class SplitIngress:
             self.metrics["link_latency"].observe(link.get("link_latency_s", 0.0), tags=tags)
             # Ray's counters refuse an increment of 0 (a scoring request generates no tokens).
             for name, value in (("bytes_up", link.get("bytes_up")), ("bytes_down", link.get("bytes_down")),
-                                ("tokens", choice.completion_tokens), ("rebuilds", link.get("rebuilds"))):
+                                ("tokens", choice.completion_tokens), ("rebuilds", link.get("rebuilds")),
+                                ("resplits", link.get("resplits"))):
                 if value:
                     self.metrics[name].inc(value, tags=tags)

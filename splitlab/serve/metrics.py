@@ -35,6 +35,8 @@ def ingress_metrics(num_layers: int) -> dict:
         "tokens": metrics.Counter("splitlab_completion_tokens", "Generated tokens.", tag_keys=_TAGS),
         "rebuilds": metrics.Counter("splitlab_edge_rebuilds", "Edge caches rebuilt from UE history.",
                                     tag_keys=_TAGS),
+        "resplits": metrics.Counter("splitlab_resplits", "Split moves within streams (snr_trace requests).",
+                                    tag_keys=_TAGS),
     }
 
 
@@ -44,6 +46,10 @@ def edge_metrics() -> dict:
         "sessions": metrics.Gauge("splitlab_edge_sessions", "KV caches held by this edge replica."),
         "cache_bytes": metrics.Gauge("splitlab_edge_cache_bytes", "Bytes of KV cache held by this edge replica."),
         "rebuilds": metrics.Counter("splitlab_edge_resend_requests", "Steps that arrived without their cache."),
+        "resplits": metrics.Counter("splitlab_edge_resplits", "Split points moved within a stream."),
+        "resplit_layer_tokens": metrics.Counter(
+            "splitlab_edge_resplit_recomputed_layer_tokens",
+            "Layers the edge took over on a move down, times the past tokens it recomputed them for."),
         "batch": metrics.Histogram("splitlab_edge_batch_size", "Requests in the decode batch of each edge step.",
                                    boundaries=[1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]),
     }

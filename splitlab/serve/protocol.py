@@ -7,8 +7,10 @@ accepted; the ingress turns it into a 4xx with OpenAI's error body::
 
 Fields beyond OpenAI's: ``snr_db`` (mean SNR of the link in dB), ``channel_profile`` (a name from
 :data:`~splitlab.serve.profiles.CHANNEL_PROFILES`) and ``split`` (a fixed split point k instead of the
-policy's choice). Responses carry a ``split`` object: k, who chose it, bytes up and down, simulated
-link latency and edge cache rebuilds.
+policy's choice). ``snr_trace`` (the client's SNR reports in dB, one per block of ``resplit_every``
+tokens) lets the policy move the split within the stream, block by block; the simulated channel follows
+the trace too. Responses carry a ``split`` object: k (and the ``schedule`` under a trace), who chose it,
+bytes up and down, simulated link latency, edge cache rebuilds and split moves.
 
 For evaluation clients (lm-eval style log-likelihood scoring) ``/v1/completions`` takes a list of
 prompts (strings or token-id lists; one choice each), ``logprobs`` (0..``MAX_LOGPROBS`` alternatives),
@@ -37,6 +39,8 @@ MAX_INT_DIGITS = 24
 """Integers in a body longer than this are refused before Python converts them (no field needs more)."""
 MAX_CHARS_PER_TOKEN = 32
 """A text longer than ``context x MAX_CHARS_PER_TOKEN`` characters cannot fit: refused before tokenising."""
+MAX_SNR_TRACE = 64
+"""Most SNR reports one request may carry (each is one policy decision)."""
 ROLES = ("system", "user", "assistant")
 # Accepted by OpenAI, not by this service: rejected with a clear message rather than ignored.
 UNSUPPORTED = {"best_of": 1, "suffix": None, "tools": None, "tool_choice": None, "functions": None,
@@ -89,6 +93,8 @@ class GenerationRequest:
     logprobs: int | None = None
     echo: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
+    snr_trace: list[float] | None = None  # the client's SNR per block of resplit_every tokens (k moves per block)
+    resplit_every: int = 0
 
     @property
     def prompt(self) -> str | list[int] | None:
@@ -253,6 +259,7 @@ def _common(body: dict, limits: Limits, kind: str, min_tokens: int = 1, **text: 
         raise RequestError(f"channel_profile must be one of {sorted(CHANNEL_PROFILES)}, got {profile!r}",
                            "channel_profile")
     split = _integer(body, "split", None, limits.min_split, limits.max_split)
+    snr_trace, resplit_every = _snr_trace(body, limits, split)
     stream = _boolean(body, "stream")
     options = body.get("stream_options")
     if options is not None and not (isinstance(options, dict) and set(options) <= {"include_usage"}):
@@ -272,7 +279,8 @@ def _common(body: dict, limits: Limits, kind: str, min_tokens: int = 1, **text: 
         stop=_stop(body.get("stop")),
         stream=stream, include_usage=include_usage,
         seed=_integer(body, "seed", None, -(2**63), 2**63 - 1),
-        snr_db=snr_db, channel_profile=profile, split=split, **text)
+        snr_db=snr_db, channel_profile=profile, split=split, snr_trace=snr_trace, resplit_every=resplit_every,
+        **text)
 
 
 def check_context(prompt_tokens: int, request: GenerationRequest, limits: Limits, param: str | None = None) -> None:
@@ -332,6 +340,23 @@ def _number(body: dict, name: str, default: float | None, low: float, high: floa
     if value < low or value > high or (low_open and value == low):
         raise RequestError(f"{name} must be a number in {interval}, got {value:g}", name)
     return float(value)
+
+
+def _snr_trace(body: dict, limits: Limits, split: int | None) -> tuple[list[float] | None, int]:
+    """``snr_trace`` and ``resplit_every``: both or neither, and not with a fixed ``split``."""
+    trace, every = body.get("snr_trace"), _integer(body, "resplit_every", None, 1, limits.max_tokens)
+    if trace is None:
+        if every is not None:
+            raise RequestError("resplit_every needs snr_trace (the SNR of each block of tokens)", "resplit_every")
+        return None, 0
+    if every is None:
+        raise RequestError("snr_trace needs resplit_every (the tokens each SNR report covers)", "resplit_every")
+    if split is not None:
+        raise RequestError("snr_trace lets the policy move the split; a fixed split takes none", "snr_trace")
+    if not isinstance(trace, list) or not 1 <= len(trace) <= MAX_SNR_TRACE:
+        raise RequestError(f"snr_trace must be a list of 1..{MAX_SNR_TRACE} numbers (dB), got {_type(trace)}",
+                           "snr_trace")
+    return [_number({"snr_trace": v}, "snr_trace", None, *SNR_DB_RANGE) for v in trace], every
 
 
 def _boolean(body: dict, name: str, param: str | None = None) -> bool:

@@ -18,7 +18,9 @@ from splitlab.serve.protocol import GenerationRequest
 SPLIT_FIELDS = {"bytes_up": "bytes_up", "bytes_down": "bytes_down", "link_latency_s": "link_latency_s",
                 "uplink_s": "uplink_s", "downlink_s": "downlink_s", "vectors_up": "vectors_up",
                 "edge_rebuilds": "rebuilds", "resent_vectors": "resent_vectors", "edge_retries": "edge_retries",
-                "ue_compute_s": "ue_compute_s", "edge_wait_s": "edge_wait_s", "edge_compute_s": "edge_compute_s"}
+                "ue_compute_s": "ue_compute_s", "edge_wait_s": "edge_wait_s", "edge_compute_s": "edge_compute_s",
+                "resplits": "resplits", "moved_vectors": "moved_vectors", "moved_bytes_up": "moved_bytes_up",
+                "resplit_ue_layer_tokens": "resplit_ue_layer_tokens", "resplit_ue_s": "resplit_ue_s"}
 """Response ``split`` key -> the UE's link statistic."""
 
 

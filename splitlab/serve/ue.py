@@ -6,6 +6,12 @@ and so on. Its state for a request (KV cache, every activation sent, the channel
 lives inside one streaming call, so UE replicas need no routing. It keeps what it sent, so that an
 edge that lost the request's cache can be brought back with one resend (``resend_from``).
 
+With a ``k_schedule`` (one split per block of ``resplit_every`` tokens, chosen by the policy from the
+client's SNR reports) the split moves between blocks: a move up is recomputed on the UE from the hidden
+states it sent (the edge drops those layers); a move down sends the hidden states after the new k of
+every past token with the next one, through the channel like a resend, and the edge rebuilds only the
+layers it takes over (:meth:`~splitlab.serve.edge.EdgeStore._resplit`).
+
 :func:`split_generate` is the loop itself, free of Ray, so tests can drive it against an in-process
 :class:`~splitlab.serve.edge.EdgeStore`; :class:`UEHalf` is the Serve deployment around it.
 """
@@ -24,7 +30,7 @@ import torch
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from splitlab.channel import transmit
+from splitlab.channel import link_cost, transmit
 from splitlab.llm.batching import head_step
 from splitlab.llm.generation import UESession
 from splitlab.llm.split_model import SplitModel
@@ -53,6 +59,13 @@ class UERequest:
     stream: bool = True  # False: one event at the end (no per-token messages to the ingress)
     logprobs: int | None = None  # per generated token: its log-probability and this many alternatives
     echo: bool = False  # score the prompt too: the edge returns its tokens' log-probabilities
+    k_schedule: list[int] | None = None  # the split of each block of resplit_every tokens (k: the first)
+    snr_trace: list[float] | None = None  # the link's SNR of each block (the channel follows it)
+    resplit_every: int = 0
+
+    def block(self, token: int) -> int:
+        """Index into ``k_schedule``/``snr_trace`` of the block that generates token ``token``."""
+        return min(token // self.resplit_every, len(self.k_schedule) - 1) if self.k_schedule else 0
 
 
 @dataclass
@@ -71,6 +84,11 @@ class LinkStats:
     ue_compute_s: float = 0.0
     edge_wait_s: float = 0.0  # time waiting for the edge's answer (its compute + Serve hops)
     edge_compute_s: float = 0.0  # the edge's own compute time (edge_wait_s minus this: the hops)
+    resplits: int = 0  # split moves within the stream
+    moved_vectors: int = 0  # past hidden states sent up for the edge's moves down
+    moved_bytes_up: float = 0.0  # their bytes (also in bytes_up)
+    resplit_ue_layer_tokens: int = 0  # the UE's recompute for moves: layers x past tokens
+    resplit_ue_s: float = 0.0  # the UE's time on moves (also in ue_compute_s)
 
     @property
     def link_latency_s(self) -> float:
@@ -117,22 +135,23 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
     context = len(req.prompt_ids) + req.max_tokens
     extra_bits = 0 if req.logprobs is None else 64 * (1 + req.logprobs)  # logprob and top (id, logprob) pairs
 
-    async def exchange(hidden: torch.Tensor, start: int, score_ids: list[int] | None = None) -> dict:
+    async def exchange(hidden: torch.Tensor, start: int, score_ids: list[int] | None = None,
+                       snr_db: float = link.snr_db) -> dict:
         """Send positions start.. (hidden [1, T, H]); resend history while the edge asks; returns the reply."""
         deadline = time.monotonic() + retry_s
         backoff = 0.1
         while True:
             if hidden.shape[1] > 1:  # a prompt or a resend: the digital link's bit flips take milliseconds
-                received, cost = await run(transmit, hidden, link.config, rng, link.snr_db)
+                received, cost = await run(transmit, hidden, link.config, rng, snr_db)
             else:  # one vector: well under a millisecond, less than a hop to the compute thread
-                received, cost = transmit(hidden, link.config, rng, link.snr_db)
+                received, cost = transmit(hidden, link.config, rng, snr_db)
             stats.transmissions += 1
             stats.vectors_up += hidden.shape[1]
             stats.bytes_up += cost.payload_bytes
             stats.uplink_s += cost.tx_time_s
             if wait_link:
                 await asyncio.sleep(cost.tx_time_s)
-            msg = EdgeMessage(req.k, start, received, req.temperature, req.top_p, req.seed, req.logprobs,
+            msg = EdgeMessage(session.k, start, received, req.temperature, req.top_p, req.seed, req.logprobs,
                               score_ids, context)
             t0 = time.perf_counter()
             try:
@@ -171,15 +190,38 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
         stats.ue_compute_s += time.perf_counter() - t0
         return out
 
+    async def move(k_to: int) -> torch.Tensor | None:
+        """Move the split to ``k_to``; returns the past's hidden states after ``k_to`` on a move down."""
+        k_from, past = session.k, session.length
+        if k_to == k_from:
+            return None
+        t0 = time.perf_counter()
+        if k_to > k_from:
+            await compute(session.take_layers, k_to, None)
+            sent = None
+        else:
+            sent = (await compute(session.give_layers, k_to, "recompute")).hidden  # [1, past, H]
+        stats.resplits += 1
+        stats.resplit_ue_s += time.perf_counter() - t0
+        stats.resplit_ue_layer_tokens += past * (k_to - k_from if sent is None else k_to)
+        if sent is not None:
+            stats.moved_vectors += past
+            stats.moved_bytes_up += link_cost(past, sent.shape[-1], link.config, snr_db).payload_bits / 8
+        return sent
+
+    def snr_of(token: int) -> float:
+        return req.snr_trace[req.block(token)] if req.snr_trace else link.snr_db
+
     ids = torch.tensor([req.prompt_ids], dtype=torch.long)  # [1, T]
     act = await compute(session.prefill, ids)
+    hidden, snr_db = act.hidden, snr_of(0)
     start, finish = 0, "length"
     scores = None
     score_ids = list(req.prompt_ids[1:]) if req.echo else None
     if req.max_tokens == 0:  # scoring only: one transmission of the prompt
-        scores = (await exchange(act.hidden, 0, score_ids)).get("scores")
+        scores = (await exchange(hidden, 0, score_ids, snr_db)).get("scores")
     for i in range(req.max_tokens):
-        reply = await exchange(act.hidden, start, score_ids if i == 0 else None)
+        reply = await exchange(hidden, start, score_ids if i == 0 else None, snr_db)
         if i == 0:
             scores = reply.get("scores")
         token = int(reply["token"])
@@ -194,8 +236,10 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
             break
         yield event
         if i + 1 < req.max_tokens:
-            start = session.length
+            past = await move(req.k_schedule[req.block(i + 1)]) if req.k_schedule else None
+            start, snr_db = (session.length if past is None else 0), snr_of(i + 1)
             act = await next_activation(token)
+            hidden = act.hidden if past is None else torch.cat([past, act.hidden], dim=1)
     final = {"finish_reason": finish, "text": text.flush(), "completion_tokens": len(text.token_ids),
              "link": stats.as_dict()}
     if req.echo:

@@ -19,8 +19,10 @@ message).
 
 Down, one **token frame** per activation frame::
 
-    0  4  magic b"SLT1"    4  1  kind (1 token, 2 resend_from)    5  1  flags (bit 0: full logprobs follow)
-    6  2  n_top             8  4  value (token id, or the position to resend from)
+    0  4  magic b"SLT1"    4  1  kind (1 token, 2 resend_from, 3 continue_from)
+    5  1  flags (bit 0: full logprobs follow)      6  2  n_top
+    8  4  value (token id; the position to resend from; or, during a split move whose past arrives in
+            several frames, the next past position the edge expects)
     12 4  position (of the sampled token)        16 4  logprob (fp32, of the sampled token)
     20 4  edge_us (the edge's compute for this step, microseconds: telemetry for the device's cost model)
     24 ...  n_top x (int32 id, fp32 logprob), then if flag 0: uint32 T, uint32 V and T x V fp32
@@ -53,7 +55,7 @@ FRAME_HEADER = struct.Struct("<4sBBHIII")
 TOKEN_HEADER = struct.Struct("<4sBBHiIfI")
 """magic, kind, flags, n_top, value, position, logprob, edge_us: 24 bytes."""
 TOP_ENTRY = struct.Struct("<if")
-KIND_TOKEN, KIND_RESEND = 1, 2
+KIND_TOKEN, KIND_RESEND, KIND_CONTINUE = 1, 2, 3
 FLAG_FULL = 1
 MAX_TOP_LOGPROBS = 20
 """Most alternatives a client may ask for per token."""
@@ -116,6 +118,10 @@ class TokenReply:
     @property
     def is_resend(self) -> bool:
         return self.kind == KIND_RESEND
+
+    @property
+    def is_continue(self) -> bool:
+        return self.kind == KIND_CONTINUE
 
 
 # ---------------------------------------------------------------------- activation frames (up)
@@ -217,12 +223,17 @@ def encode_resend(start: int) -> bytes:
     return TOKEN_HEADER.pack(TOKEN_MAGIC, KIND_RESEND, 0, 0, start, 0, 0.0, 0)
 
 
+def encode_continue(start: int) -> bytes:
+    """A split move's frame was taken; the edge expects the past from ``start`` next (no token yet)."""
+    return TOKEN_HEADER.pack(TOKEN_MAGIC, KIND_CONTINUE, 0, 0, start, 0, 0.0, 0)
+
+
 def decode_token(raw: bytes) -> TokenReply:
     """Parse a token frame (the client's side); ValueError on anything malformed."""
     if len(raw) < TOKEN_HEADER.size:
         raise ValueError(f"token frame is {len(raw)} bytes, shorter than its {TOKEN_HEADER.size}-byte header")
     magic, kind, flags, n_top, value, position, logprob, edge_us = TOKEN_HEADER.unpack_from(raw)
-    if magic != TOKEN_MAGIC or kind not in (KIND_TOKEN, KIND_RESEND):
+    if magic != TOKEN_MAGIC or kind not in (KIND_TOKEN, KIND_RESEND, KIND_CONTINUE):
         raise ValueError(f"not a token frame: magic {magic!r}, kind {kind}")
     offset = TOKEN_HEADER.size
     top = tuple(TOP_ENTRY.unpack_from(raw, offset + i * TOP_ENTRY.size) for i in range(n_top))
