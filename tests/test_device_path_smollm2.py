@@ -43,3 +43,22 @@ def test_smollm2_greedy_output_equals_generate(edge_url):
             client.fmt = fmt
             out = client.generate(prompt, k, 16)
             assert out.token_ids == ref[: len(out.token_ids)] and len(out.token_ids) == len(ref), (prompt, fmt, k)
+
+
+def test_smollm2_a_random_k_schedule_through_the_path_equals_generate(edge_url):
+    import numpy as np
+
+    from splitlab.client import DeviceClient
+    from splitlab.llm import SplitModel
+
+    full = SplitModel.load("smollm2")
+    client = DeviceClient(edge_url, fmt="fp32")
+    prompt = "The capital of France is"
+    ids = full.tokenizer(prompt).input_ids
+    ref = full.model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, pad_token_id=0,
+                              eos_token_id=full.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    schedule = np.random.default_rng(3).integers(0, 16, size=16).tolist()
+    out = client.generate(prompt, schedule, 16)
+    assert out.token_ids == ref, schedule
+    moves = out.stats.migrations
+    assert len(moves) == sum(a != b for a, b in zip(schedule, schedule[1:len(out.token_ids)])) > 0
