@@ -54,10 +54,10 @@ def _window_nll(model, states: torch.Tensor, windows: torch.Tensor, k: int, batc
 
 
 def _ppl_with_ci(nll_per_window: np.ndarray, tokens_per_window: int, seed: int) -> tuple[float, list[float]]:
-    from splitlab.privacy import bootstrap_ci95
+    from splitlab.privacy import mean_ci
 
     mean_nll = nll_per_window / tokens_per_window
-    lo, hi = bootstrap_ci95(mean_nll, seed)
+    lo, hi = mean_ci(mean_nll, seed)
     return math.exp(mean_nll.mean()), [math.exp(lo), math.exp(hi)]
 
 

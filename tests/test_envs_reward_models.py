@@ -58,6 +58,7 @@ def test_live_model_counts_evaluations_and_caches(tiny_llama):
     model.quality(2, 30.0)
     assert model.real_evals == 3 and model.real_eval_time_s > 0
     assert model.stats()["mbrl/real_evals"] == 3.0
+    assert model.seen == {(2, 0.0), (2, 30.0)}  # the distinct points a shared cache counts (clean apart)
     # the same point from a fresh model gives the same value: seeding does not depend on query order
     again = LiveLLMRewardModel(tiny_llama, channel={"kind": "awgn"}, n_tokens=128, window=32, decimals=1)
     assert again.quality(2, 0.0) == noisy

@@ -7,9 +7,8 @@ import torch
 
 from splitlab.channel import Channel, ChannelConfig
 from splitlab.llm import SplitModel
-from splitlab.privacy import (Hits, NearestNeighbourInverter, RidgeInverter, bootstrap_ci95, input_embeddings,
+from splitlab.privacy import (Hits, NearestNeighbourInverter, RidgeInverter, input_embeddings, mean_ci,
                               leakage_grid, pooled, split_windows)
-from splitlab.privacy import leakage as leakage_module
 
 
 def _windows(model: SplitModel, n: int, width: int = 32, seed: int = 0) -> torch.Tensor:
@@ -65,9 +64,9 @@ def test_ridge_inverts_a_hidden_linear_map_on_unseen_rows():
 
 def test_bootstrap_interval_and_pooling_over_seeds():
     per_seq = np.r_[np.ones(50), np.zeros(50)]
-    lo, hi = bootstrap_ci95(per_seq, seed=0)
+    lo, hi = mean_ci(per_seq, seed=0)
     assert lo < 0.5 < hi and 0.05 < hi - lo < 0.3  # binomial: +-1.96 * sqrt(.25 / 100) = +-0.098
-    assert bootstrap_ci95(np.full(10, 0.7)) == (pytest.approx(0.7), pytest.approx(0.7))
+    assert mean_ci(np.full(10, 0.7)) == (pytest.approx(0.7), pytest.approx(0.7))
     a = Hits(np.array([[1, 1], [0, 0]], bool), np.ones((2, 2), bool))
     b = Hits(np.array([[1, 0], [0, 0]], bool), np.ones((2, 2), bool))
     leak = pooled([a, b])
@@ -87,7 +86,8 @@ def test_bad_inputs_are_named(tiny_llama: SplitModel):
         NearestNeighbourInverter(input_embeddings(tiny_llama)).top(torch.zeros(3, 5))
     with pytest.raises(RuntimeError, match="needs fit"):
         RidgeInverter(torch.zeros(4, 2)).top(torch.zeros(1, 2))
-    assert leakage_module.BOOTSTRAP_RESAMPLES >= 1000
+    with pytest.raises(ValueError, match="non-empty 1-D sample"):
+        mean_ci(np.zeros((0,)))
 
 
 def test_analyze_privacy_adds_leakage_rows_plots_and_metrics(tmp_path, monkeypatch, capsys):

@@ -164,6 +164,12 @@ class LiveLLMRewardModel(RewardModel):
             self._ppl_clean = self._stored(self.store_key(None), lambda: self._timed(lambda: self._perplexity(0, None)))
         return self._ppl_clean
 
+    @property
+    def seen(self) -> set[tuple[int, float]]:
+        """The distinct (k, rounded value) points this instance measured or read from the store (what
+        one shared cache counts), as :class:`~splitlab.mbrl.rllib_env.CountedRewardModel` names them."""
+        return set(self._cache)
+
     def point(self, k: int, value: float) -> tuple[int, float]:
         """The cache key of a query: ``(k, value rounded to decimals)``; fails for a k not in ``ks``."""
         if int(k) not in self.ks:

@@ -86,24 +86,20 @@ IN_PROCESS_KINDS = ("grid", "synthetic", "counted")
 an actor process cost minutes on a loaded machine and bought nothing)."""
 
 
-class _InProcessActor:
-    """An :class:`LLMEvaluator` in this process behind the actor interface: ``method.remote(...)`` returns an
-    object ref of the result (so the pool's ``ray.get`` works unchanged)."""
+def _submit(actor: Any, method: str, *args: Any) -> Any:
+    """Start ``method(*args)`` on a Ray actor (an object ref), or run it on an in-process evaluator (the result)."""
+    if isinstance(actor, LLMEvaluator):
+        return getattr(actor, method)(*args)
+    return getattr(actor, method).remote(*args)
 
-    def __init__(self, evaluator: LLMEvaluator) -> None:
-        self._evaluator = evaluator
 
-    def __getattr__(self, name: str) -> Any:
-        import ray
+def _results(submitted: list) -> list:
+    """The results of :func:`_submit` calls, waiting on the Ray ones together."""
+    import ray
 
-        fn = getattr(self._evaluator, name)
-
-        class _Method:
-            @staticmethod
-            def remote(*args: Any, **kwargs: Any) -> Any:
-                return ray.put(fn(*args, **kwargs))
-
-        return _Method
+    refs = [s for s in submitted if isinstance(s, ray.ObjectRef)]
+    done = iter(ray.get(refs)) if refs else iter(())
+    return [next(done) if isinstance(s, ray.ObjectRef) else s for s in submitted]
 
 
 class EvaluationPool:
@@ -140,7 +136,7 @@ class EvaluationPool:
                          if kind in ("live", "counted") else None)
         self.owns_actors = actors is None
         if actors is None and kind in IN_PROCESS_KINDS:
-            actors = [_InProcessActor(LLMEvaluator(self.reward_spec, threads=None))]
+            actors = [LLMEvaluator(self.reward_spec, threads=None)]  # called directly (see _submit)
             self.owns_actors = False
         elif actors is None:
             actor_cls = ray.remote(LLMEvaluator)
@@ -168,11 +164,9 @@ class EvaluationPool:
     def reference(self) -> dict[str, Any]:
         """Attributes of the measured quality: num_layers, hidden_size, ppl_clean (one evaluation), channel,
         param, ks. Measured on the first call only."""
-        import ray
-
         if self._reference is None:
             start = time.perf_counter()
-            self._reference = ray.get(self.actors[0].reference.remote())
+            self._reference = _results([_submit(self.actors[0], "reference")])[0]
             self.real_evals += 1
             self.eval_time_s += self._reference["seconds"]
             self.wall_s += time.perf_counter() - start
@@ -183,8 +177,6 @@ class EvaluationPool:
 
     def evaluate(self, points: Sequence[tuple[int, float]]) -> np.ndarray:
         """Perplexity at each (k, value) -> [N]; uncached points are spread over the actors in parallel."""
-        import ray
-
         start = time.perf_counter()
         keys = [self.key(k, v) for k, v in points]
         todo = list(dict.fromkeys(key for key in keys if key not in self.cache))
@@ -192,9 +184,10 @@ class EvaluationPool:
         if todo:
             n = len(self.actors)
             chunks = [todo[i::n] for i in range(n)]
-            refs = [(chunk, actor.evaluate.remote(chunk)) for actor, chunk in zip(self.actors, chunks) if chunk]
-            for chunk, ref in refs:
-                for key, (ppl, seconds) in zip(chunk, ray.get(ref)):
+            chunks = [chunk for chunk in chunks if chunk]
+            replies = _results([_submit(actor, "evaluate", chunk) for actor, chunk in zip(self.actors, chunks)])
+            for chunk, reply in zip(chunks, replies):
+                for key, (ppl, seconds) in zip(chunk, reply):
                     if not (math.isfinite(ppl) and ppl > 0):
                         raise RuntimeError(f"real evaluation at k={key[0]}, value={key[1]} returned perplexity {ppl}")
                     self.cache[key] = (ppl, seconds)
@@ -207,17 +200,15 @@ class EvaluationPool:
         """Perplexity on the grid ``ks`` x ``values`` -> [K, V]; the values are split over the actors and each
         actor shares one clean pass per batch among its points. Every uncached point counts as one
         evaluation; actor seconds are spread evenly over an actor's points."""
-        import ray
-
         start = time.perf_counter()
         keyed = [self.key(0, v)[1] for v in values]
         todo_values = [v for v in dict.fromkeys(keyed) if any((int(k), v) not in self.cache for k in ks)]
         n = len(self.actors)
         chunks = [todo_values[i::n] for i in range(n)]
-        refs = [(chunk, actor.evaluate_grid.remote(list(ks), chunk)) for actor, chunk in zip(self.actors, chunks)
-                if chunk]
-        for chunk, ref in refs:
-            table, seconds = ray.get(ref)
+        chunks = [chunk for chunk in chunks if chunk]
+        replies = _results([_submit(actor, "evaluate_grid", list(ks), chunk)
+                            for actor, chunk in zip(self.actors, chunks)])
+        for chunk, (table, seconds) in zip(chunks, replies):
             per_point = seconds / (len(ks) * len(chunk))
             for i, k in enumerate(ks):
                 for j, v in enumerate(chunk):
@@ -238,13 +229,11 @@ class EvaluationPool:
 
     def store_stats(self) -> dict[str, float]:
         """The measurement store's counters summed over the actors (empty when the quality has no store)."""
-        import ray
-
         from splitlab.llm.measurement_store import merge_stats
 
         if not self.actors or not self.reward_spec.get("store"):
             return {}
-        return merge_stats(ray.get([actor.store_stats.remote() for actor in self.actors]))
+        return merge_stats(_results([_submit(actor, "store_stats") for actor in self.actors]))
 
     def get_state(self) -> dict[str, Any]:
         """Cache and counters (for a checkpoint)."""
@@ -274,7 +263,7 @@ class EvaluationPool:
 
         if self.owns_actors:
             for actor in self.actors:
-                ray.kill(actor)
+                ray.kill(actor)  # owned actors are Ray actors; an in-process evaluator is never owned
         self.actors = []
 
 

@@ -147,10 +147,7 @@ def process_points() -> list[tuple[int, float]]:
     model's queries, a live model's cache): env runners' sets are merged into one shared-cache count."""
     points: set[tuple[int, float]] = set()
     for model in _SHARED.values():
-        seen = getattr(model, "seen", None)
-        if seen is None:
-            seen = getattr(model, "_cache", {}).keys()  # a live LLM model: what it measured (or read)
-        points.update((int(k), float(v)) for k, v in seen)
+        points.update((int(k), float(v)) for k, v in getattr(model, "seen", ()))  # grids and surrogates: none
     return sorted(points)
 
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from splitlab.llm.split_model import Corruption, SplitModel
+from splitlab.platform.statistics import bootstrap_ci
 from splitlab.privacy.inversion import NearestNeighbourInverter, RidgeInverter, input_embeddings, recovered
 
 ATTACKS = ("nn", "learned")
 """Attacks: ``nn`` nearest neighbour in the input embeddings; ``learned`` ridge regression then nearest neighbour."""
-BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,9 @@ class Leakage:
                 f"{prefix}_top5_lo": self.top5_ci95[0], f"{prefix}_top5_hi": self.top5_ci95[1]}
 
 
-def bootstrap_ci95(per_sequence: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """Percentile 95% interval of the mean of ``per_sequence`` [S] by resampling sequences."""
-    values = np.asarray(per_sequence, dtype=np.float64)
-    if values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"per_sequence must be a non-empty 1-D array, got shape {values.shape}")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)  # [resamples]
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+def mean_ci(per_sequence: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of ``per_sequence`` [S], resampling sequences."""
+    return bootstrap_ci(per_sequence, np.mean, seed=seed, outward=False)
 
 
 def pooled(hits_per_seed: Sequence[Hits], seed: int = 0) -> Leakage:
@@ -73,7 +67,7 @@ def pooled(hits_per_seed: Sequence[Hits], seed: int = 0) -> Leakage:
     top1 = np.mean([h.top1.mean(1) for h in hits_per_seed], axis=0)  # [n_windows]
     top5 = np.mean([h.top5.mean(1) for h in hits_per_seed], axis=0)
     first = hits_per_seed[0].top1
-    return Leakage(float(top1.mean()), bootstrap_ci95(top1, seed), float(top5.mean()), bootstrap_ci95(top5, seed),
+    return Leakage(float(top1.mean()), mean_ci(top1, seed), float(top5.mean()), mean_ci(top5, seed),
                    tokens=int(first.size), sequences=int(first.shape[0]), seeds=len(hits_per_seed))
 
 
