@@ -88,6 +88,36 @@ def trace_stats(x) -> dict:
     return {"mean": float(a.mean()), "ci95": ci95(a), "n": int(a.size)}
 
 
+class Recorded:
+    """A cell policy (or, with ``env``, an env policy obs -> action) that keeps the actions of every episode."""
+
+    def __init__(self, policy, env=None) -> None:
+        self.policy, self.env, self.episodes = policy, env, []
+
+    def reset(self, cell) -> None:
+        self.policy.reset(cell)
+        self.episodes.append([])
+
+    def act(self, cell) -> np.ndarray:
+        a = self.policy.act(cell)
+        self.episodes[-1].append(int(a[0]))
+        return a
+
+    def __call__(self, obs) -> int:  # an env policy: a new episode at the env's first step
+        if self.env.t == 0:
+            self.episodes.append([])
+        a = int(self.policy(obs))
+        self.episodes[-1].append(a)
+        return a
+
+
+def behaviour(episodes: list[list[int]], ks) -> dict:
+    """Mean split and switches per episode of recorded action indices."""
+    acts = [np.asarray(e) for e in episodes]
+    return {"mean_k": float(np.mean([np.asarray(ks)[a].mean() for a in acts])),
+            "switches_per_episode": float(np.mean([np.count_nonzero(np.diff(a)) for a in acts]))}
+
+
 def decode_config(switch: float) -> dict:
     """The gap table's single-user decode settings."""
     return {"kv_dim": 192, "switch_scale": switch, "candidate_ks": list(CANDIDATE_KS)}
@@ -115,19 +145,24 @@ def references(env, cell, surrogate) -> tuple[dict[str, np.ndarray], dict]:
                 "greedy_surrogate": lambda: GreedyPolicy("myopic", estimated=True, model=sur_model),
                 "best_fixed": lambda: FixedPolicy(best_a), "random": lambda: RandomPolicy(0)}
     out: dict[str, list[float]] = {name: [] for name in REFERENCES}
+    recorded = {name: Recorded(make()) for name, make in policies.items()}
+    plans = []
     replay_diff = 0.0
     for seed in HELD_OUT:
         plan, value, _ = clairvoyant_plan(cell, seed, rounds=1)  # one user, idle edge: the first DP round is exact
         out["clairvoyant_dp"].append(value)
+        plans.append(list(plan[:, 0]))
         # The same plan acted out in the gymnasium env (its own draws for this seed, checked against the cell's).
         replayed = env_returns(env, lambda obs: int(plan[env.t, 0]), [seed], cell)[0]
         replay_diff = max(replay_diff, abs(replayed - value))
-        for name, make in policies.items():
-            out[name].append(float(run_cell(cell, make(), seed)[0]))
+        for name, policy in recorded.items():
+            out[name].append(float(run_cell(cell, policy, seed)[0]))
     if replay_diff > 1e-6 * max(1.0, abs(float(np.mean(out["clairvoyant_dp"])))):
         raise RuntimeError(f"the DP plan returns {replay_diff} more or less in the env than in the cell")
     checks = {"best_fixed_k": int(m.ks[best_a]), "best_fixed_selected_on_seeds": list(TRAIN_SEEDS),
               "dp_plan_replayed_in_env_max_abs_diff": replay_diff,
+              "behaviour": {"clairvoyant_dp": behaviour(plans, m.ks),
+                            **{name: behaviour(p.episodes, m.ks) for name, p in recorded.items()}},
               "traces_checked": "every episode's SNR deviations, estimation noise, mean SNR and UE budget equal "
                                 "the cell's for the same seed (env_returns raises otherwise)"}
     return {k: np.asarray(v) for k, v in out.items()}, checks
@@ -152,14 +187,14 @@ def train_ppo(env_config: dict, seed: int, iterations: int, batch: int, eval_env
             train_s += time.perf_counter() - t0
             steps = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
             if it % eval_every == 0 or it == iterations:
-                act = greedy_policy(policy_module(algo, "sequential"))
+                act = Recorded(greedy_policy(policy_module(algo, "sequential")), eval_env)
                 returns = env_returns(eval_env, act, HELD_OUT, cell)
                 curve.append((steps, score(returns.mean())))
         wall = time.perf_counter() - start
     finally:
         algo.stop()
     return {"seed": seed, "rllib_seed": spec.seed, "returns": returns, "env_steps": steps, "wall_s": wall,
-            "train_s": train_s, "curve": curve}
+            "train_s": train_s, "curve": curve, "behaviour": behaviour(act.episodes, eval_env.model.ks)}
 
 
 def targets(setting: dict) -> dict:
@@ -189,6 +224,8 @@ def summarise_method(runs: list[dict], score, score_info, note: str) -> dict:
             "score_info": stats([score_info(v) for v in returns]), "return": stats(returns),
             "return_over_traces": trace_stats(per_trace), "env_steps": stats([r["env_steps"] for r in runs]),
             "wall_s": stats([r["wall_s"] for r in runs]), "train_s": stats([r["train_s"] for r in runs]),
+            "mean_k": stats([r["behaviour"]["mean_k"] for r in runs]),
+            "switches_per_episode": stats([r["behaviour"]["switches_per_episode"] for r in runs]),
             "curves": [[list(p) for p in r["curve"]] for r in runs], "note": note}
 
 
@@ -303,6 +340,8 @@ def main() -> None:
                                "score_info": score_info(v.mean())} for k, v in ref.items()},
             "myopic_gap_paired": trace_stats(myopic_gap), "methods": {}}
         row["references"]["best_fixed"]["k"] = checks["best_fixed_k"]
+        for k, v in checks.pop("behaviour").items():
+            row["references"][k].update(v)
         results["settings"].append(row)
         print(f"== {name} switch {switch}: DP {dp:.2f}, info {info:.2f}, greedy+switch "
               f"{ref['greedy_switch'].mean():.2f}, myopic {ref['greedy_myopic'].mean():.2f}, surrogate greedy "
@@ -321,7 +360,9 @@ def main() -> None:
                                 args.eval_every, work / f"{name}_{switch}_{method}_{seed}")
                 runs.append(run)
                 print(f"   {method:15s} seed {seed}: return {run['returns'].mean():8.2f}  score "
-                      f"{score(run['returns'].mean()):.3f}  {run['env_steps']} steps  {run['wall_s']:.0f} s", flush=True)
+                      f"{score(run['returns'].mean()):.3f}  mean k {run['behaviour']['mean_k']:.1f}, "
+                      f"{run['behaviour']['switches_per_episode']:.2f} switches  {run['env_steps']} steps  "
+                      f"{run['wall_s']:.0f} s", flush=True)
                 row["methods"][method] = summarise_method(runs, score, score_info, notes[method])
                 row["targets"] = targets(row)
                 row["wall_s"] = time.perf_counter() - t_setting
