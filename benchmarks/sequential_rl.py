@@ -35,7 +35,7 @@ smoke test): ``benchmarks/results/sequential_rl.json`` (rewritten after every ru
 the end) and ``sequential_rl.png`` (score vs training env steps, 95% bands over seeds). 40 iterations of 2,048
 steps per run. Synthetic grid, switching scale 1.0: model-free PPO 0.958 +- 0.037 of the DP, Dyna-style PPO
 0.955 +- 0.044, both far above myopic greedy (0.845) but below greedy that prices the switch (0.993) and the
-best fixed k (0.989): PPO stops switching but often settles on k = 0 for every user. Scale 0.1: PPO 0.90 +- 0.05,
+best fixed k (0.989): PPO stops switching, but 2 of 5 seeds settle on k = 0 for every user. Scale 0.1: PPO 0.90 +- 0.05,
 below myopic greedy (0.927). SmolLM2 (k = 0 everywhere): Dyna-style PPO 0.996 +- 0.010, model-free 0.981 +- 0.053
 (4 of 5 seeds exactly at the DP each).
 """
