@@ -191,3 +191,32 @@ def test_device_profiles_price_the_decode_steps():
     assert not np.allclose(jetson.costs.ue_s_per_token[1:], phone.costs.ue_s_per_token[1:])
     with pytest.raises(ValueError, match="layers_of 'tiny-llama' has 4 layers"):
         DecodeModel(SequentialConfig(reward_model=SYNTH, ue_profile="phone", layers_of="tiny-llama"))
+
+
+def test_registered_sequential_env_and_env_returns_on_the_oracles_traces():
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    from splitlab.envs.registry import make_env, register_envs
+    from splitlab.envs.sequential_policies import env_returns, idle_cell
+    from splitlab.mbrl.rllib_env import register_mbrl_envs
+
+    config = {"reward_model": SYNTH, "candidate_ks": [0, 4, 8, 12], "episode_len": 5, "switch_scale": 2.0,
+              "prompt_tokens": 64, "block_tokens": 8}
+    env = make_env({"env": "sequential", **config})
+    assert isinstance(env, SequentialSplitEnv)
+    # What RLlib builds from the registered names (the plain one and the shared-reward-model one).
+    for env_id in (register_envs()["sequential"], register_mbrl_envs()["sequential"]):
+        built = _global_registry.get(ENV_CREATOR, env_id)(dict(config))
+        assert isinstance(built, SequentialSplitEnv)
+        assert built.action_space.n == 4 and built.observation_space.shape == (9,)
+    cell = idle_cell(env)
+    assert cell.n == 1 and cell.edge_scale == pytest.approx(1.0)
+    for seed in (0, 7):
+        plan, value, _ = clairvoyant_plan(cell, seed, rounds=1)
+        # The DP plan acted out in the env: the same draws (checked inside) and the same return.
+        replayed = env_returns(env, lambda obs: int(plan[env.t, 0]), [seed], cell)[0]
+        assert replayed == pytest.approx(value, rel=1e-9)
+        assert replayed >= run_cell(cell, GreedyPolicy("myopic"), seed)[0] - 1e-9
+    other = idle_cell(SequentialSplitEnv({**config, "snr_std_db": 1.0}))  # other channel draws
+    with pytest.raises(RuntimeError, match="deviation_db"):
+        env_returns(env, lambda obs: 0, [3], other)

@@ -1,8 +1,9 @@
 """Build environments from plain config dicts, and register them under names RLlib can use.
 
 ``make_env({"env": "split", "preset": "paper", "reward_model": {...}})`` builds a SplitEnv;
-``"env": "multi_user"`` a MultiUserSplitEnv (default ``split``). ``register_envs()`` registers
-both with ``ray.tune.register_env`` so that ``config.environment("splitlab-split", env_config=...)``
+``"env": "multi_user"`` a MultiUserSplitEnv, ``"env": "sequential"`` the decode-phase
+SequentialSplitEnv (one user re-splitting mid-generation; its keys are SequentialConfig's) (default
+``split``). ``register_envs()`` registers each with ``ray.tune.register_env`` so that ``config.environment("splitlab-split", env_config=...)``
 works on every worker (the classes live in this installed package, so workers can import them).
 """
 from __future__ import annotations
@@ -12,20 +13,24 @@ from typing import Any
 
 from splitlab.channel.validation import check_choice
 
-ENV_NAMES = ("split", "multi_user")
+ENV_NAMES = ("split", "multi_user", "sequential")
 """Accepted values of the ``env`` key."""
-RLLIB_ENV_IDS = {"split": "splitlab-split", "multi_user": "splitlab-multi-user"}
+RLLIB_ENV_IDS = {"split": "splitlab-split", "multi_user": "splitlab-multi-user", "sequential": "splitlab-sequential"}
 """``env`` key -> the name :func:`register_envs` registers with Tune/RLlib."""
 
 
 def make_env(config: Mapping[str, Any] | None = None):
-    """A SplitEnv or MultiUserSplitEnv from a flat config dict (``env`` selects which)."""
+    """A SplitEnv, MultiUserSplitEnv or SequentialSplitEnv from a flat config dict (``env`` selects which)."""
     cfg = dict(config or {})
     name = check_choice("env", cfg.pop("env", "split"), ENV_NAMES)
     if name == "split":
         from splitlab.envs.split_env import SplitEnv
 
         return SplitEnv(cfg)
+    if name == "sequential":
+        from splitlab.envs.sequential import SequentialSplitEnv
+
+        return SequentialSplitEnv(cfg)
     from splitlab.envs.multi_user import MultiUserSplitEnv
 
     return MultiUserSplitEnv(cfg)

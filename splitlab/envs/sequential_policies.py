@@ -16,16 +16,20 @@ each reads only what its name says it may:
   from the previous k (``switch``) show which part of the gap needs lookahead.
 - greedy on a surrogate (a :class:`GreedyPolicy` on a DecodeModel whose quality comes from a learned
   reward model, with the estimated SNR), each fixed k, random.
+
+A policy trained in the single-user gymnasium env (:class:`~splitlab.envs.sequential.SequentialSplitEnv`,
+e.g. by RLlib) is scored on the oracles' own traces with :func:`env_returns` next to :func:`idle_cell`,
+the one-user cell whose episodes are the env's.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
-from splitlab.envs.cell import Cell
-from splitlab.envs.sequential import DecodeModel
+from splitlab.envs.cell import Cell, CellConfig
+from splitlab.envs.sequential import DecodeModel, SequentialSplitEnv
 
 
 class CellPolicy(Protocol):
@@ -277,3 +281,43 @@ def policy_suite(model: DecodeModel, surrogate_model: DecodeModel | None, seed: 
     if surrogate_model is not None:
         suite["greedy_surrogate"] = lambda: GreedyPolicy("myopic", estimated=True, model=surrogate_model)
     return suite
+
+
+def idle_cell(env: SequentialSplitEnv) -> Cell:
+    """The one-user cell whose episodes are ``env``'s: the same decode model, the same draws for a seed,
+    and an edge at the env's own speed (the load that makes ``edge_scale`` 1) that never builds a backlog.
+
+    So the oracles and reference policies, which act on a :class:`Cell`, meet exactly the episodes a
+    policy acting in ``env`` meets (checked per seed by :func:`env_returns`).
+    """
+    m = env.model
+    load = float(m.costs.edge_s_per_token[0]) / m.token_period_s  # one user at k = 0 asks for this share
+    cell = Cell(CellConfig(num_users=1, queue={"load": load}, decode=env.config), model=m)
+    if not np.isclose(cell.edge_scale, 1.0, rtol=1e-12):
+        raise RuntimeError(f"the one-user cell's edge runs at {cell.edge_scale} x the env's speed, expected 1")
+    return cell
+
+
+def env_returns(env: SequentialSplitEnv, act: Callable[[np.ndarray], int], seeds: Sequence[int],
+                cell: Cell | None = None) -> np.ndarray:
+    """Returns [len(seeds)] of the policy ``act`` (observation -> action index) in ``env``, episode i
+    starting from ``env.reset(seed=seeds[i])``.
+
+    With ``cell`` (:func:`idle_cell` of ``env``): before each episode, checks that its draws (SNR
+    deviations, estimation noise, mean SNR, UE budget) are the cell's for the same seed, i.e. that the
+    policy meets the traces the oracles are scored on; raises RuntimeError where they differ.
+    """
+    out = np.zeros(len(seeds))
+    for i, seed in enumerate(seeds):
+        obs, _ = env.reset(seed=int(seed))
+        if cell is not None:
+            cell.reset(int(seed))
+            for name in ("deviation_db", "est_noise_db", "mean_db", "budget"):
+                if not np.array_equal(getattr(env.exo, name), getattr(cell.exo, name)):
+                    raise RuntimeError(f"seed {seed}: the env's {name} differs from the cell's: not the oracles' trace")
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            out[i] += reward
+            done = terminated or truncated
+    return out

@@ -15,7 +15,8 @@ from typing import Any
 from splitlab.envs.reward_models import RewardModel, make_reward_model
 from splitlab.mbrl.surrogate import SurrogateEnsemble
 
-ENV_IDS = {"split": "splitlab-mbrl-split", "multi_user": "splitlab-mbrl-multi-user"}
+ENV_IDS = {"split": "splitlab-mbrl-split", "multi_user": "splitlab-mbrl-multi-user",
+           "sequential": "splitlab-mbrl-sequential"}
 """``env`` kind -> the name :func:`register_mbrl_envs` registers with RLlib."""
 RESERVED_KEYS = ("num_envs",)
 """env_config keys the envs do not take: RLlib's vector size."""
@@ -75,7 +76,8 @@ def shared_reward_model(spec: Mapping[str, Any] | RewardModel) -> RewardModel:
 
 
 def make_rllib_env(env_config: Mapping[str, Any]):
-    """RLlib env creator: a SplitEnv or MultiUserSplitEnv (``env`` key) with the shared reward model."""
+    """RLlib env creator: a SplitEnv, MultiUserSplitEnv or SequentialSplitEnv (``env`` key) with the shared
+    reward model."""
     from splitlab.envs.registry import make_env
 
     cfg = {k: v for k, v in dict(env_config).items() if k not in RESERVED_KEYS}
