@@ -3,8 +3,8 @@
 ``make_env({"env": "split", "preset": "paper", "reward_model": {...}})`` builds a SplitEnv;
 ``"env": "multi_user"`` a MultiUserSplitEnv, ``"env": "sequential"`` the decode-phase
 SequentialSplitEnv (one user re-splitting mid-generation; its keys are SequentialConfig's) (default
-``split``). ``register_envs()`` registers each with ``ray.tune.register_env`` so that ``config.environment("splitlab-split", env_config=...)``
-works on every worker (the classes live in this installed package, so workers can import them).
+``split``). ``register_envs()`` registers each with ``ray.tune.register_env`` so that
+``config.environment("splitlab-split", env_config=...)`` works on every worker (the classes live in this installed package, so workers can import them).
 """
 from __future__ import annotations
 
