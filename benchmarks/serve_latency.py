@@ -242,9 +242,9 @@ def main() -> None:
         "edge_calls": {"calls": batching["UEHalf"]["edge_calls"], "steps": batching["UEHalf"]["edge_steps"],
                        "edge_steps_per_call": round(batching["UEHalf"]["edge_steps_per_call"], 2)},
         "uptime_before": uptime_before, "uptime_after": _uptime(),
-        "machine_note": "shared 2-core machine: other jobs (RL training, a niced benchmark) ran at the same time; "
-                        "the in-process and served runs alternate so that load hits both, but absolute "
-                        "figures and the ratios move with the load average",
+        "machine_note": "shared 2-core machine: the in-process and served runs alternate so that other jobs' "
+                        "load hits both, but absolute figures and the ratios move with the load average "
+                        "(load_average_before/after)",
         "policy": policy_info,
         "targets": {"concurrency_1_ratio_max": 1.2, "concurrency_8_ratio_min": 4.0},
     }
