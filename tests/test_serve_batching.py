@@ -229,3 +229,46 @@ def test_a_request_cancelled_mid_batch_leaves_its_batch_mates_right_and_is_forgo
     assert isinstance(outcomes[1], asyncio.CancelledError) and len(tokens_of["r1"]) < n
     assert [tokens_of[f"r{i}"] for i in (0, 2, 3, 4)] == [_greedy(model, PROMPTS[i], k, n) for i in (0, 2, 3, 4)]
     assert not link.pins and not link.open and "r1" not in link.batcher.last_seen  # nothing waits for it
+
+
+def test_the_ue_replica_forgets_an_ended_request_in_its_head_batcher(tiny_llama: SplitModel):
+    """An ended request must not hold the next one's head steps back: a batcher still expecting it waits
+    ``batch_wait_s`` at every step of the next request, for ACTIVE_WINDOW_S."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from splitlab.serve.config import ServeConfig
+    from splitlab.serve.ue import UEHalf
+
+    edge = InProcessEdge(tiny_llama)
+
+    class Handle:  # what UEHalf calls: handle.options(multiplexed_model_id=...).step_batch / .release
+        def __init__(self, route: str | None = None):
+            self.route = route
+
+        def options(self, multiplexed_model_id: str | None = None, **_):
+            return Handle(multiplexed_model_id)
+
+        @property
+        def step_batch(self):
+            return SimpleNamespace(remote=lambda items: edge.send(self.route, items))
+
+        @property
+        def release(self):
+            return SimpleNamespace(remote=lambda request_id: None)
+
+    threads = torch.get_num_threads()
+    try:
+        ue = UEHalf.func_or_class(ServeConfig(model="tiny-llama", max_split=3).to_dict(), Handle())
+        ids = tiny_llama.tokenizer(PROMPTS[0]).input_ids
+
+        async def run(request_id: str) -> list:
+            return [e async for e in ue.generate(asdict(UERequest(request_id, ids, k=2, max_tokens=4)))]
+
+        for request_id in ("first", "second"):
+            events = asyncio.run(run(request_id))
+            assert events[-1]["completion_tokens"] == 4
+            assert not ue.batcher.last_seen and not ue.link.batcher.last_seen, request_id
+        assert ue.batcher.batches == 2 * 3  # 3 decode steps each; every one ran at once
+    finally:
+        torch.set_num_threads(threads)

@@ -296,8 +296,6 @@ class UEHalf:
                 out[i] = act
         return out
 
-    async def _head_step(self, session: UESession, token: int):
-        return await self.batcher.submit(id(session), (session, token))
 
     async def _send(self, route: str, items: list[tuple[str, EdgeMessage]]) -> list:
         """One call to the edge replica that ``route`` names (see :mod:`splitlab.serve.edge_client`)."""
@@ -313,10 +311,14 @@ class UEHalf:
         link = resolve_link(req.channel_profile, req.snr_db, self.config.default_profile)
         self.active.add(req.request_id)
         text, tokens = [], []
+
+        async def head_step(session: UESession, token: int):
+            return await self.batcher.submit(req.request_id, (session, token))
+
         try:
             async for event in split_generate(self.model, req, link, self.link.step, run=self._run,
                                               eos_ids=self.eos_ids, wait_link=self.config.wait_link,
-                                              retry_s=self.config.edge_retry_s, ue_step=self._head_step):
+                                              retry_s=self.config.edge_retry_s, ue_step=head_step):
                 if req.stream:
                     yield event
                 elif "finish_reason" in event:
@@ -326,8 +328,11 @@ class UEHalf:
                     if req.logprobs is not None:
                         tokens.append({key: event[key] for key in ("token_id", "logprob", "top")})
         finally:
-            # Also on cancellation (client gone): free the edge's cache now rather than at its TTL.
+            # Also on cancellation (client gone): free the edge's cache now rather than at its TTL, and
+            # stop the head batcher waiting for this request's next step (a later request would wait
+            # batch_wait_s at each step for the ended one, for ACTIVE_WINDOW_S).
             self.active.discard(req.request_id)
+            self.batcher.forget(req.request_id)
             self._release(req.request_id)
 
     def _release(self, request_id: str) -> None:
