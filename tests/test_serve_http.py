@@ -97,6 +97,7 @@ def test_an_snr_trace_gets_a_split_per_block_and_the_same_tokens(service, tiny_f
     ids = tiny_full.tokenizer(PROMPTS[0]).input_ids
     text, n, _ = reference(tiny_full, ids, 8)
     r = post(service, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0,
+                                          "channel_profile": "clean",  # the policy sees the trace; no noise
                                           "snr_trace": [20.0, 3.0, 12.5], "resplit_every": 3})
     assert r.status_code == 200, r.text
     body = r.json()
