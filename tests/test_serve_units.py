@@ -522,11 +522,8 @@ def test_edge_moves_the_split_within_a_stream_keeping_its_deeper_layers(tiny_lla
     hidden, start, tokens, chunked = ue.prefill(ids).hidden, 0, [], 0
     for i, k in enumerate(schedule):
         if i:
-            past = None
-            if k > ue.k:
-                ue.take_layers(k, None)  # the UE recomputes layers it takes over from what it sent
-            elif k < ue.k:
-                past = ue.give_layers(k, "recompute").hidden  # [1, T, H] after layer k, for the edge
+            moved = ue.move_by_recompute(k)  # up: the UE recomputes; down: [1, T, H] after layer k, for the edge
+            past = None if moved is None else moved.hidden
             new = ue.step(tokens[-1]).hidden
             hidden, start = (new, ue.length - 1) if past is None else (torch.cat([past, new], dim=1), 0)
         if start == 0 and i and k == 0:  # the move down to 0 in two frames

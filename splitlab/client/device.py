@@ -217,11 +217,8 @@ class DeviceClient:
         if k_to == k_from:
             return None
         t0 = time.perf_counter()
-        if k_to > k_from:
-            session.take_layers(k_to, None)  # recompute layers k_from..k_to-1 from the hidden states it sent
-            sent = None
-        else:
-            sent = session.give_layers(k_to, "recompute").hidden  # [1, past, H]
+        moved = session.move_by_recompute(k_to)
+        sent = None if moved is None else moved.hidden  # [1, past, H] on a move down
         ue_s = time.perf_counter() - t0
         stats.ue_compute_s += ue_s
         row_bytes = token_bits(self.fmt, self.model.hidden_size) // 8

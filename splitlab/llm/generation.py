@@ -90,6 +90,17 @@ class UESession:
         self.k = k_to
         return payload
 
+    def move_by_recompute(self, k_to: int) -> Activation | None:
+        """Move the split to ``k_to`` where only hidden states cross the link (the serving paths): up, recompute
+        layers k..k_to-1 from the hidden states it sent (the edge drops them); down, drop layers k_to..k-1 and
+        return the hidden states after ``k_to`` of every past token [1, T, H], rebuilt from the token ids, for
+        the edge to rebuild those layers from. Returns None when nothing goes up."""
+        if k_to > self.k:
+            self.take_layers(k_to, None)
+        elif k_to < self.k:
+            return self.give_layers(k_to, "recompute")
+        return None
+
     def record(self, ids: torch.Tensor, act: Activation) -> None:
         """Book tokens ``ids`` [1, T] whose head output ``act`` was computed outside :meth:`step` (a batched step)."""
         self.length += ids.shape[1]

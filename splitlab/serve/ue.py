@@ -196,11 +196,8 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
         if k_to == k_from:
             return None
         t0 = time.perf_counter()
-        if k_to > k_from:
-            await compute(session.take_layers, k_to, None)
-            sent = None
-        else:
-            sent = (await compute(session.give_layers, k_to, "recompute")).hidden  # [1, past, H]
+        moved = await compute(session.move_by_recompute, k_to)
+        sent = None if moved is None else moved.hidden  # [1, past, H] on a move down
         stats.resplits += 1
         stats.resplit_ue_s += time.perf_counter() - t0
         stats.resplit_ue_layer_tokens += past * (k_to - k_from if sent is None else k_to)
