@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -84,6 +85,48 @@ def test_concurrent_requests_join_and_leave_one_batch_and_match_unbatched(tiny_l
     assert edge.mean_batch > 1.5 and ue.mean_batch > 1.5  # the steps really were batched
 
 
+def test_a_prompt_leaves_for_the_edge_without_waiting_for_other_requests_prefills(tiny_llama: SplitModel):
+    # Requests that arrive together queue their prefills on the UE's one compute thread; each prompt must go
+    # to the edge once its own head is done (before: its transmission queued behind every other prefill,
+    # so the edge sat idle until the UE had run all of them).
+    model, k = tiny_llama, 2
+    pool = ThreadPoolExecutor(max_workers=1)
+    done: list[str] = []  # compute calls finished on the compute thread, in order
+    prefills_done_at_send: list[int] = []  # at each prompt's arrival at the edge
+    store = EdgeStore(model)
+
+    def slow(fn):
+        def call(*args):
+            time.sleep(0.05)  # a prefill long enough for the ordering to show
+            out = fn(*args)
+            done.append(getattr(fn, "__name__", "?"))
+            return out
+        return call
+
+    async def run(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, slow(fn), *args)
+
+    async def edge_step(request_id: str, msg: EdgeMessage) -> dict:
+        if msg.hidden.shape[1] > 1:
+            prefills_done_at_send.append(done.count("prefill"))
+        return store.step(request_id, msg)
+
+    async def one(i: int, prompt: str) -> list[int]:
+        req = UERequest(f"r{i}", model.tokenizer(prompt).input_ids, k=k, max_tokens=3)
+        events = [e async for e in split_generate(model, req, resolve_link("clean", None, "clean"), edge_step,
+                                                  run=run, eos_ids=set())]
+        return [e["token_id"] for e in events[:-1]]
+
+    async def run_all():
+        return await asyncio.gather(*(one(i, p) for i, p in enumerate(PROMPTS[:4])))
+
+    tokens = asyncio.run(run_all())
+    pool.shutdown()
+    assert tokens == [_greedy(model, p, k, 3) for p in PROMPTS[:4]]
+    assert "transmit" not in done  # not on the compute thread
+    assert prefills_done_at_send[0] <= 2, prefills_done_at_send  # 4 before the fix
+
+
 def test_a_one_token_prompt_in_a_batch_of_decode_steps_runs_as_a_prompt(tiny_llama: SplitModel):
     model, k = tiny_llama, 1
     hidden = model.head(torch.tensor([[5, 6, 7]]), k).hidden  # [1, 3, H]
@@ -106,7 +149,7 @@ class InProcessEdge:
         self.stores = {f"replica{j}": EdgeStore(model) for j in range(replicas)}
         self.batchers = {name: StepBatcher(store.step_many, self.pool, wait_s=0.05)
                          for name, store in self.stores.items()}
-        self.calls: list[tuple[str, int]] = []  # (replica, steps carried) per call
+        self.calls: list[tuple[str, int, int]] = []  # (replica, decode steps, prompts) carried per call
 
     async def send(self, route: str, items: list[tuple[str, EdgeMessage]]) -> list:
         from splitlab.serve.routing import REPLICA_ROUTE, owner_order
@@ -115,7 +158,7 @@ class InProcessEdge:
             name = route[len(REPLICA_ROUTE):]
         else:
             name = owner_order(route, list(self.stores))[0]
-        self.calls.append((name, len(items)))
+        self.calls.append((name, sum(msg.start > 0 for _, msg in items), sum(msg.start == 0 for _, msg in items)))
         replies = await self.batchers[name].submit_many([(rid, (rid, msg)) for rid, msg in items])
         return [{**r, "replica": name} if isinstance(r, dict) else r for r in replies]
 
@@ -152,11 +195,15 @@ def test_the_ue_sends_one_edge_call_per_batch_step_and_matches_unbatched_output(
     edge = InProcessEdge(model, replicas)
     batched, link = _batched_run(model, requests, edge)
     assert batched == [_greedy(model, p, k, n) for p in PROMPTS]
-    used = set(link.pins.values()) | {name for name, _ in edge.calls}
-    # One call per prompt (routed by request id), then one call per decode step and replica in use.
-    prompts, steps = edge.calls[:len(PROMPTS)], edge.calls[len(PROMPTS):]
-    assert all(size == 1 for _, size in prompts)
-    assert len(steps) == (n - 1) * len(used) and sum(size for _, size in steps) == (n - 1) * len(PROMPTS)
+    used = set(link.pins.values()) | {name for name, _, _ in edge.calls}
+    # One call per prompt (routed by request id), then one call per decode step and replica in use, but
+    # for one early call per replica: a prompt that reaches the edge first may take its first step
+    # before the other prompts are in (prompts leave as soon as their own head is done).
+    prompts = [c for c in edge.calls if c[2]]
+    steps = [c for c in edge.calls if c[1]]
+    assert len(prompts) == len(PROMPTS) and all(c[1:] == (0, 1) for c in prompts)
+    assert sum(c[1] for c in steps) == (n - 1) * len(PROMPTS)
+    assert (n - 1) * len(used) <= len(steps) <= n * len(used), edge.calls
     assert link.calls == len(edge.calls) and not link.pins  # every request ended and was forgotten
     if replicas == 2:
         assert len(used) == 2  # rendezvous hashing spread the five requests over both replicas

@@ -25,6 +25,18 @@ def test_every_split_point_is_exact(tiny_model: SplitModel):
         assert (logits - reference)[real].abs().max() <= 1e-5, f"k={k}"
 
 
+def test_the_head_on_the_last_position_alone_gives_its_logits(tiny_model: SplitModel):
+    ids, mask = _batch_with_padding(tiny_model.model.config.vocab_size, seed=3)
+    k = tiny_model.num_layers // 2
+    full, last = tiny_model.new_cache(), tiny_model.new_cache()
+    every = tiny_model.tail(tiny_model.head(ids, k, mask), k, cache=full)  # [B, T, V]
+    only = tiny_model.tail(tiny_model.head(ids, k, mask), k, cache=last, last_only=True)  # [B, 1, V]
+    assert only.shape == (ids.shape[0], 1, every.shape[-1])
+    torch.testing.assert_close(only, every[:, -1:], atol=1e-5, rtol=0)
+    for i in range(k, tiny_model.num_layers):  # the cache still holds every position
+        torch.testing.assert_close(last.layers[i].keys, full.layers[i].keys)
+
+
 def test_layer_states_match_head(tiny_model: SplitModel):
     ids, mask = _batch_with_padding(tiny_model.model.config.vocab_size, seed=1)
     states = tiny_model.layer_states(ids, mask)

@@ -130,7 +130,7 @@ class EdgeSession:
     def consume(self, act: Activation, every_position: bool = False) -> torch.Tensor:
         """Run the tail over received activations; returns next-token logits [V] of the last position
         (``every_position``: of every received position, [T, V], for scoring a prompt)."""
-        logits = self.model.tail(act, self.k, cache=self.cache)  # [1, T, V]
+        logits = self.model.tail(act, self.k, cache=self.cache, last_only=not every_position)  # [1, T or 1, V]
         self.seen += act.hidden.shape[1]
         return logits[0] if every_position else logits[0, -1]
 

@@ -100,12 +100,16 @@ class SplitModel:
         return Activation(hidden, position_ids, attention_mask)
 
     @torch.no_grad()
-    def tail(self, activation: Activation, k: int, cache: Cache | None = None) -> torch.Tensor:
-        """Run layers ``k..L-1``, the final norm and the head on a (possibly corrupted) activation -> logits [B, T, V]."""
+    def tail(self, activation: Activation, k: int, cache: Cache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Run layers ``k..L-1``, the final norm and the head on a (possibly corrupted) activation -> logits [B, T, V].
+
+        ``last_only``: the head on the last position alone -> [B, 1, V] (decoding needs nothing else; on a
+        prompt the head over every position is about a quarter of the edge's work on SmolLM2).
+        """
         self._check_k(k, "edge")
         hidden = self._run_layers(range(k, self.num_layers), activation.hidden, activation.position_ids,
                                   activation.attention_mask, cache)
-        return self.family.finish(hidden)
+        return self.family.finish(hidden[:, -1:] if last_only else hidden)
 
     @torch.no_grad()
     def middle(self, activation: Activation, start: int, stop: int, cache: Cache | None = None) -> Activation:

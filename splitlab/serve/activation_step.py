@@ -23,10 +23,10 @@ def activation_step(store: EdgeStore, request_id: str, msg: EdgeMessage, top_log
     next-token log-distribution after every position of the frame, [T, V] float32 numpy, for perplexity
     measured through the path (the device scores the true tokens; the edge never learns them).
     """
-    reply = store.consume(request_id, msg)
+    reply = store.consume(request_id, msg, every_position=full_logprobs)
     if "resend_from" in reply or "continue_from" in reply:
         return reply
-    all_logits = reply["logits"]  # [T, V]
+    all_logits = reply["logits"]  # [T, V] with full_logprobs, else [1, V]
     logits = all_logits[-1]  # [V]
     position = msg.start + msg.hidden.shape[1]
     generator = step_generator(msg.seed, position) if msg.temperature > 0 else None

@@ -257,9 +257,9 @@ class EdgeStore:
             reply["top"] = top_logprobs(logprobs, msg.logprobs)
         return reply
 
-    def consume(self, request_id: str, msg: EdgeMessage) -> dict[str, Any]:
+    def consume(self, request_id: str, msg: EdgeMessage, every_position: bool = True) -> dict[str, Any]:
         """Like :meth:`step`, but returns the logits of every position sent: ``{"logits": [T, V], "compute_s"}``
-        or ``{"resend_from": n}``.
+        (``every_position=False``: of the last alone, [1, V]) or ``{"resend_from": n}``.
 
         The device path (:mod:`splitlab.serve.activation_step`) samples and scores the token itself.
         """
@@ -274,7 +274,8 @@ class EdgeStore:
                 return reply
             t0 = time.perf_counter()
             positions = torch.arange(msg.start, msg.start + msg.hidden.shape[1]).unsqueeze(0)  # [1, T]
-            logits = entry.session.consume(Activation(msg.hidden, positions, None), every_position=True)  # [T, V]
+            logits = entry.session.consume(Activation(msg.hidden, positions, None), every_position)  # [T or 1, V]
+            logits = logits if every_position else logits[None]
             return {"logits": logits, "compute_s": time.perf_counter() - t0}
 
     def release(self, request_id: str) -> bool:

@@ -141,8 +141,10 @@ async def split_generate(model: SplitModel, req: UERequest, link: LinkChoice, ed
         deadline = time.monotonic() + retry_s
         backoff = 0.1
         while True:
-            if hidden.shape[1] > 1:  # a prompt or a resend: the digital link's bit flips take milliseconds
-                received, cost = await run(transmit, hidden, link.config, rng, snr_db)
+            if hidden.shape[1] > 1:  # a prompt or a resend: the digital link's bit flips take milliseconds;
+                # on a thread of its own, not queued behind other requests' prefills on the compute thread
+                # (the edge would wait for every queued prompt's head before getting the first).
+                received, cost = await asyncio.to_thread(transmit, hidden, link.config, rng, snr_db)
             else:  # one vector: well under a millisecond, less than a hop to the compute thread
                 received, cost = transmit(hidden, link.config, rng, snr_db)
             stats.transmissions += 1
